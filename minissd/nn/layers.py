@@ -1,0 +1,299 @@
+"""ReLU, MaxPool2d and L2Norm: the layers of SSD's VGG16 trunk besides the convolution.
+
+Each has a hand-written backward (proved by float64 central differences and cross-checked against
+PyTorch in tests/test_layers.py). On the CPU the element-wise and pooling loops run in the Cython
+kernels of csrc/im2col.pyx (module ``minissd._im2col``); the NumPy twins ``*_ref`` here state what
+those kernels compute. On the GPU they run as CuPy kernels (minissd/nn/cuda_kernels.py).
+
+Paper: section 3 "Base network" (VGG16 with pool5 changed to 3x3/s1, L2 normalisation of conv4_3,
+citing ParseNet, Liu, Rabinovich and Berg 2015).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import device_of, get_array_module
+from .module import Module
+
+_KERNELS = None
+
+
+def _cpu_kernels():
+    global _KERNELS
+    if _KERNELS is None:
+        from .._ext import load_extension
+
+        _KERNELS = load_extension("_im2col")
+    return _KERNELS
+
+
+def check_input(layer: str, x, channels: int | None = None, like=None, ndim: int | None = 4) -> None:
+    """Raise ValueError naming ``layer`` and the shapes when ``x`` is not a valid input.
+
+    ``x`` must be an array with ``ndim`` dims (NCHW; None skips the check), ``channels`` channels on axis
+    1 (None skips), a float32/float64 dtype, and, when ``like`` (a parameter) is given, the same dtype
+    and device as ``like``.
+    """
+    shape = getattr(x, "shape", None)
+    if shape is None or not hasattr(x, "dtype"):
+        raise ValueError(f"{layer}: input must be an array, got {type(x).__name__}")
+    shape = tuple(shape)
+    if ndim is not None and len(shape) != ndim:
+        raise ValueError(f"{layer}: input must be {ndim}-D (N, C, H, W), got shape {shape}")
+    if channels is not None and shape[1] != channels:
+        raise ValueError(f"{layer}: expected {channels} input channels (N, {channels}, H, W), "
+                         f"got input of shape {shape}")
+    if x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"{layer}: input dtype must be float32 or float64, got {x.dtype} (shape {shape})")
+    if like is not None:
+        if x.dtype != like.dtype:
+            raise ValueError(f"{layer}: input dtype {x.dtype} (shape {shape}) does not match the parameter "
+                             f"dtype {like.dtype}; cast the input or call layer.astype({x.dtype})")
+        if get_array_module(x) is not get_array_module(like):
+            raise ValueError(f"{layer}: input (shape {shape}) is on {device_of(x)} but the parameters are "
+                             f"on {device_of(like)}; call layer.to({device_of(x)!r})")
+
+
+def _flat(a):
+    return a.reshape(-1)
+
+
+# --------------------------------------------------------------------------------------------------
+class ReLU(Module):
+    """y = max(x, 0); dL/dx = dL/dy where y > 0, else 0 (any shape, float32/float64).
+
+    ``inplace=True`` writes y over x (saves one activation-sized allocation; use it only where nothing
+    else keeps x, e.g. right after a Conv2d, which keeps its input and columns but not its output).
+    """
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+        self.inplace = bool(inplace)
+        self._y = None
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
+
+    def clear_cache(self) -> None:
+        self._y = None
+
+    def forward(self, x):
+        check_input("ReLU", x, ndim=None)
+        xp = get_array_module(x)
+        if xp is np:
+            x = np.ascontiguousarray(x)
+            y = x if self.inplace else np.empty_like(x)
+            _cpu_kernels().relu_forward(_flat(x), _flat(y))
+        else:
+            y = xp.maximum(x, 0, out=x if self.inplace else None)
+        self._y = y
+        return y
+
+    def backward(self, dy):
+        y = self._y
+        if y is None:
+            raise RuntimeError("ReLU.backward called before forward")
+        if tuple(dy.shape) != tuple(y.shape):
+            raise ValueError(f"ReLU.backward: dy must have shape {tuple(y.shape)}, got {tuple(dy.shape)}")
+        xp = get_array_module(y)
+        self._y = None
+        if xp is np:
+            dy = np.ascontiguousarray(dy, dtype=y.dtype)
+            dx = np.empty_like(y)
+            _cpu_kernels().relu_backward(_flat(y), _flat(dy), _flat(dx))
+            return dx
+        from .cuda_kernels import relu_backward_gpu
+
+        return relu_backward_gpu(y, dy)
+
+
+# --------------------------------------------------------------------------------------------------
+def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """Output length of a max-pool, PyTorch's rule (which Caffe's pooling layer also follows).
+
+    floor (or ceil) of (size + 2*padding - kernel) / stride, plus one; with ceil_mode the last window
+    must still start inside the input or its left padding, else it is dropped.
+    """
+    span = size + 2 * padding - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def maxpool_forward_ref(x, kernel_size, stride, padding=0, ceil_mode=False):
+    """NumPy twin of the max-pool kernel: ``(y, argmax)`` with argmax the flat index ih*W + iw.
+
+    ``x`` (N, C, H, W) -> y (N, C, OH, OW), argmax (N, C, OH, OW) int32. Padding counts as -inf; ties go
+    to the first pixel of the window in row-major order.
+    """
+    xp = get_array_module(x)
+    N, C, H, W = x.shape
+    (KH, KW), (SH, SW), (PH, PW) = kernel_size, stride, padding
+    OH = pool_output_size(H, KH, SH, PH, ceil_mode)
+    OW = pool_output_size(W, KW, SW, PW, ceil_mode)
+    # pad with -inf far enough that every (ceil_mode) window is inside the padded array
+    HP = max(H + 2 * PH, (OH - 1) * SH + KH)
+    WP = max(W + 2 * PW, (OW - 1) * SW + KW)
+    xpad = xp.full((N, C, HP, WP), -np.inf, dtype=x.dtype)
+    xpad[:, :, PH:PH + H, PW:PW + W] = x
+    taps = xp.stack([xpad[:, :, kh:kh + SH * (OH - 1) + 1:SH, kw:kw + SW * (OW - 1) + 1:SW]
+                     for kh in range(KH) for kw in range(KW)])      # (KH*KW, N, C, OH, OW)
+    tap = xp.argmax(taps, axis=0)                                  # first maximum
+    y = xp.take_along_axis(taps, tap[None], axis=0)[0]
+    kh, kw = tap // KW, tap % KW
+    ih = xp.arange(OH).reshape(OH, 1) * SH - PH + kh
+    iw = xp.arange(OW).reshape(1, OW) * SW - PW + kw
+    return y, (ih * W + iw).astype(np.int32)
+
+
+def maxpool_backward_ref(dy, argmax, x_shape):
+    """NumPy twin of the max-pool backward: dy added onto the argmax pixel of each window."""
+    xp = get_array_module(dy)
+    N, C, H, W = x_shape
+    dx = xp.zeros((N * C, H * W), dtype=dy.dtype)
+    planes = xp.repeat(xp.arange(N * C), argmax.shape[2] * argmax.shape[3])   # plane of each output
+    index = (planes, argmax.reshape(-1))
+    if xp is np:
+        np.add.at(dx, index, dy.reshape(-1))          # unbuffered: overlapping windows add up
+    else:
+        xp.add.at(dx, index, dy.reshape(-1))
+    return dx.reshape(N, C, H, W)
+
+
+class MaxPool2d(Module):
+    """Max over KHxKW windows; backward routes each gradient to its window's argmax.
+
+    Parameters
+    ----------
+    kernel_size : int or pair.
+    stride : int or pair; None means kernel_size.
+    padding : int or pair, at most half the kernel (padding counts as -inf).
+    ceil_mode : round the output size up (SSD300's pool3 turns 75x75 into 38x38).
+
+    SSD300 uses 2x2/s2 pools, pool3 with ceil_mode, and pool5 3x3/s1/p1 (section 3: "we change pool5
+    from 2x2 - s2 to 3x3 - s1").
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False):
+        super().__init__()
+        from .conv import _pair
+
+        self.kernel_size = _pair(kernel_size, "MaxPool2d kernel_size", 1)
+        self.stride = self.kernel_size if stride is None else _pair(stride, "MaxPool2d stride", 1)
+        self.padding = _pair(padding, "MaxPool2d padding", 0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"MaxPool2d: padding {self.padding} must be at most half of kernel_size "
+                             f"{self.kernel_size}")
+        self.ceil_mode = bool(ceil_mode)
+        self._argmax = None
+        self._x_shape = None
+
+    def extra_repr(self) -> str:
+        s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return s + (", ceil_mode=True" if self.ceil_mode else "")
+
+    def clear_cache(self) -> None:
+        self._argmax = None
+
+    def output_shape(self, x_shape):
+        N, C, H, W = x_shape
+        OH = pool_output_size(H, self.kernel_size[0], self.stride[0], self.padding[0], self.ceil_mode)
+        OW = pool_output_size(W, self.kernel_size[1], self.stride[1], self.padding[1], self.ceil_mode)
+        return N, C, OH, OW
+
+    def forward(self, x):
+        check_input("MaxPool2d", x)
+        xp = get_array_module(x)
+        N, C, OH, OW = self.output_shape(x.shape)
+        if OH < 1 or OW < 1:
+            raise ValueError(f"MaxPool2d: input of shape {tuple(x.shape)} is smaller than the kernel "
+                             f"{self.kernel_size} (output would be {OH}x{OW})")
+        x = xp.ascontiguousarray(x)
+        y = xp.empty((N, C, OH, OW), dtype=x.dtype)
+        argmax = xp.empty((N, C, OH, OW), dtype=np.int32)
+        (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
+        if xp is np:
+            _cpu_kernels().maxpool_forward(x, y, argmax, KH, KW, SH, SW, PH, PW)
+        else:
+            from .cuda_kernels import maxpool_forward_gpu
+
+            maxpool_forward_gpu(x, y, argmax, self.kernel_size, self.stride, self.padding)
+        self._argmax = argmax
+        self._x_shape = tuple(x.shape)
+        return y
+
+    def backward(self, dy):
+        argmax = self._argmax
+        if argmax is None:
+            raise RuntimeError("MaxPool2d.backward called before forward")
+        if tuple(dy.shape) != tuple(argmax.shape):
+            raise ValueError(f"MaxPool2d.backward: dy must have shape {tuple(argmax.shape)}, "
+                             f"got {tuple(dy.shape)}")
+        xp = get_array_module(argmax)
+        self._argmax = None
+        dtype = dy.dtype if dy.dtype in (np.float32, np.float64) else np.float32
+        dy = xp.ascontiguousarray(dy, dtype=dtype)
+        dx = xp.empty(self._x_shape, dtype=dtype)
+        if xp is np:
+            _cpu_kernels().maxpool_backward(dy, argmax, dx)
+        else:
+            from .cuda_kernels import maxpool_backward_gpu
+
+            maxpool_backward_gpu(dy, argmax, dx, self.kernel_size, self.stride, self.padding)
+        return dx
+
+
+# --------------------------------------------------------------------------------------------------
+class L2Norm(Module):
+    """Per-pixel L2 normalisation across channels with a learned per-channel scale (ParseNet).
+
+    y[n, c, h, w] = weight[c] * x[n, c, h, w] / ||x[n, :, h, w]||,  ||v|| = sqrt(sum_c v_c^2 + eps)
+
+    SSD applies it to conv4_3, whose activations are on a different scale from the deeper maps, with
+    the scale initialised to 20 and learned (paper section 3.1, "PASCAL VOC2007"). ``eps`` sits inside
+    the square root as in the authors' Caffe Normalize layer (ssd.pytorch adds it outside instead).
+
+    Backward, with xhat = x / ||x|| and g = dy * weight:
+    dx = (g - xhat * sum_c(g * xhat)) / ||x||,  dweight[c] = sum over n, h, w of dy * xhat.
+    """
+
+    def __init__(self, channels: int, scale: float = 20.0, eps: float = 1e-10, dtype=np.float32):
+        super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
+            raise ValueError(f"L2Norm: channels must be a positive int, got {channels!r}")
+        self.channels = int(channels)
+        self.eps = float(eps)
+        self.add_param("weight", np.full(self.channels, scale, dtype=dtype))
+        self._xhat = None
+        self._norm = None
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, eps={self.eps}"
+
+    def clear_cache(self) -> None:
+        self._xhat = None
+        self._norm = None
+
+    def forward(self, x):
+        w = self.params["weight"]
+        check_input("L2Norm", x, channels=self.channels, like=w)
+        xp = get_array_module(x)
+        norm = xp.sqrt((x * x).sum(axis=1, keepdims=True) + self.eps)   # (N, 1, H, W)
+        xhat = x / norm
+        self._xhat, self._norm = xhat, norm
+        return xhat * w.reshape(1, -1, 1, 1)
+
+    def backward(self, dy):
+        xhat, norm = self._xhat, self._norm
+        if xhat is None:
+            raise RuntimeError("L2Norm.backward called before forward")
+        if tuple(dy.shape) != tuple(xhat.shape):
+            raise ValueError(f"L2Norm.backward: dy must have shape {tuple(xhat.shape)}, got {tuple(dy.shape)}")
+        w = self.params["weight"]
+        self.grads["weight"] += (dy * xhat).sum(axis=(0, 2, 3))
+        g = dy * w.reshape(1, -1, 1, 1)
+        dx = g - xhat * (g * xhat).sum(axis=1, keepdims=True)
+        dx /= norm
+        self._xhat = self._norm = None
+        return dx
