@@ -351,11 +351,10 @@ def _category_lookup(label_to_category):
     if callable(label_to_category):
         return lambda lab: int(label_to_category(int(lab)))
     if isinstance(label_to_category, Sequence) and not isinstance(label_to_category, str):
-        # index label - 1, like class_names
-        return lambda lab: int(label_to_category[int(lab) - 1])
-    for attr in ("label_to_category", "category_ids", "cat_ids"):   # a dataset that knows its ids
-        if hasattr(label_to_category, attr):
-            return _category_lookup(getattr(label_to_category, attr))
+        # indexed by the label itself (entry 0, background, unused), as COCODataset.label_to_category
+        return lambda lab: int(label_to_category[int(lab)])
+    if hasattr(label_to_category, "label_to_category"):   # a dataset that knows its COCO ids
+        return _category_lookup(label_to_category.label_to_category)
     return int   # a dataset without COCO ids (shapes, VOC): the label is the category
 
 
@@ -401,8 +400,9 @@ def write_coco_results(path, detections, image_ids, label_to_category=None) -> i
     detections : list over images of (boxes (K, 4) pixel xyxy, labels (K,), scores (K,)), as for
         `evaluate_detections`.
     image_ids : list over images of the COCO image id (int, or a numeric string).
-    label_to_category : {label: category_id}, a sequence indexed by ``label - 1``, a callable, a
-        dataset with a ``label_to_category`` / ``category_ids`` attribute, or None (id = label).
+    label_to_category : {label: category_id}, a sequence indexed by the label (entry 0 unused, as
+        ``COCODataset.label_to_category``), a callable, a dataset with a ``label_to_category``
+        attribute, or None / a dataset without one (category id = label).
     """
     records = coco_results(detections, image_ids, label_to_category)
     path = os.fspath(path)

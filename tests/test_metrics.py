@@ -235,8 +235,12 @@ def test_bad_parameters():
 
 
 # -- COCO ------------------------------------------------------------------------------------------
-class FakeCocoDataset:
-    label_to_category = {1: 18, 2: 44}
+class FakeCocoDataset:   # as minissd.data.COCODataset: a list indexed by label, 0 unused
+    label_to_category = [None, 18, 44]
+
+
+class FakeShapesDataset:   # no COCO ids: the label is the category
+    class_names = ("circle", "square")
 
 
 def test_coco_results_format_and_category_mapping(tmp_path):
@@ -248,9 +252,10 @@ def test_coco_results_format_and_category_mapping(tmp_path):
     assert records[0] == {"image_id": 139, "category_id": 44, "bbox": [10.0, 20.0, 30.0, 40.0], "score": 0.75}
     assert [r["image_id"] for r in records] == [139, 632, 632]
     assert [r["category_id"] for r in records] == [44, 18, 44]
-    for mapping in ([18, 44], lambda lab: {1: 18, 2: 44}[lab], FakeCocoDataset()):
+    for mapping in ([None, 18, 44], lambda lab: {1: 18, 2: 44}[lab], FakeCocoDataset()):
         assert [r["category_id"] for r in coco_results(dets, ids, mapping)] == [44, 18, 44]
-    assert [r["category_id"] for r in coco_results(dets, ["a", "b", "c"], None)] == [2, 1, 2]
+    for mapping in (None, FakeShapesDataset()):
+        assert [r["category_id"] for r in coco_results(dets, ["a", "b", "c"], mapping)] == [2, 1, 2]
     assert coco_results(dets, ["a", "b", "c"])[0]["image_id"] == "a"
     with pytest.raises(ValueError, match="image_ids"):
         coco_results(dets, ids[:2])
