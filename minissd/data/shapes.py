@@ -221,7 +221,7 @@ def _pick_colour(rng, bg_colours, used, min_bg: float = 90.0, min_obj: float = 7
 
 
 def draw_image(rng, size: int = 128, min_objects: int = 1, max_objects: int = 6, min_scale: float = 0.1,
-               max_scale: float = 0.8, max_occlusion: float = 0.45, noise=(2.0, 10.0)):
+               max_scale: float = 0.8, max_occlusion: float = 0.45, noise=(2.0, 10.0), return_visible=False):
     """Draw one image from ``rng``.
 
     Returns
@@ -229,6 +229,8 @@ def draw_image(rng, size: int = 128, min_objects: int = 1, max_objects: int = 6,
     image : (size, size, 3) uint8 RGB.
     boxes : (G, 4) float32 pixel xyxy, the full extent of each shape.
     labels : (G,) int64 in 1..4, in drawing order (later objects are on top).
+    visible : (G,) float, only with ``return_visible``: the fraction of each object's pixels (those it
+        covers by at least half) that no later object hides; always >= 1 - max_occlusion.
     """
     canvas, bg_colours = _background(rng, size)
     owner = np.full((size, size), -1, np.int8)  # which object is on top of each pixel (-1: none)
@@ -285,6 +287,8 @@ def draw_image(rng, size: int = 128, min_objects: int = 1, max_objects: int = 6,
     planes = np.clip(canvas, 0.0, 255.0, out=canvas).astype(np.uint8)  # (3, S, S)
     image = np.asarray(Image.merge("RGB", [Image.fromarray(p) for p in planes]))  # (S, S, 3)
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if return_visible:
+        return image, boxes, np.asarray(labels, np.int64), np.asarray(visible, float) / np.asarray(area, float)
     return image, boxes, np.asarray(labels, np.int64)
 
 

@@ -1,0 +1,246 @@
+"""The SSD augmentation: boxes follow the pixels, the crop samplers keep their promises, each step works."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minissd.data import EvalTransform, TrainTransform, preprocess
+from minissd.data.transforms import iou_xyxy, photometric_distort, render, sample_crop
+
+
+def _channel_boxes_image(rng, height, width, n):
+    """A black image where box k lights channel k with 255: (image, boxes (n, 4) on whole pixels)."""
+    image = np.zeros((height, width, 3), np.uint8)
+    boxes = []
+    for k in range(n):
+        w = int(rng.integers(max(2, width // 8), width + 1))
+        h = int(rng.integers(max(2, height // 8), height + 1))
+        x1 = int(rng.integers(0, width - w + 1))
+        y1 = int(rng.integers(0, height - h + 1))
+        image[y1:y1 + h, x1:x1 + w, k] = 255
+        boxes.append((x1, y1, x1 + w, y1 + h))
+    return image, np.array(boxes, np.float32)
+
+
+def _check_boxes_match_pixels(chw, boxes, labels, size, min_px=4.0, atol=1.6):
+    assert boxes.dtype == np.float32 and np.all(boxes >= 0) and np.all(boxes <= 1)
+    assert np.all(boxes[:, 2] >= boxes[:, 0]) and np.all(boxes[:, 3] >= boxes[:, 1])
+    checked = 0
+    for box, k in zip(boxes * size, labels):
+        if box[2] - box[0] < min_px or box[3] - box[1] < min_px:
+            continue  # too small to measure after the resize
+        mask = chw[int(k)] > 127.5  # where the 255 -> 0 edge crosses half height
+        ys, xs = np.nonzero(mask)
+        assert xs.size, (box, k)
+        found = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], float)
+        np.testing.assert_allclose(found, box, atol=atol, err_msg=f"object {k}")
+        checked += 1
+    return checked
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2 ** 32 - 1), height=st.integers(24, 160), width=st.integers(24, 160),
+       n=st.integers(1, 3), min_scale=st.sampled_from([0.1, 0.3]))
+def test_boxes_follow_the_pixels(seed, height, width, n, min_scale):
+    # Each object lights its own channel, so the output box of object k must be the extent of the
+    # bright pixels in channel k, through expansion, crop, flip and resize.
+    rng = np.random.default_rng(seed)
+    image, boxes = _channel_boxes_image(rng, height, width, n)
+    t = TrainTransform(64, mean=0.0, std=1.0, photometric=False, expand_prob=0.7, crop_min_scale=min_scale)
+    chw, out_boxes, out_labels = t(image, boxes, np.arange(n), rng)
+    assert chw.shape == (3, 64, 64) and chw.dtype == np.float32
+    assert out_labels.shape == (len(out_boxes),) and set(out_labels.tolist()) <= set(range(n))
+    _check_boxes_match_pixels(chw, out_boxes, out_labels, 64)
+
+
+def test_boxes_follow_the_pixels_is_not_vacuous():
+    # The property above must have measured many boxes, under every geometric step.
+    checked = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        image, boxes = _channel_boxes_image(rng, 100, 140, 3)
+        t = TrainTransform(64, mean=0.0, std=1.0, photometric=False, expand_prob=0.5)
+        checked += _check_boxes_match_pixels(*t(image, boxes, np.arange(3), rng), 64)
+    assert checked > 60
+    # And it would catch a box that is off by a few pixels.
+    rng = np.random.default_rng(0)
+    image, boxes = _channel_boxes_image(rng, 100, 140, 1)
+    chw, out, labels = EvalTransform(64, 0.0, 1.0)(image, boxes, np.arange(1))
+    with pytest.raises(AssertionError):
+        _check_boxes_match_pixels(chw, out + np.float32(4 / 64), labels, 64)
+
+
+def test_deterministic_given_the_generator():
+    rng = np.random.default_rng(1)
+    image, boxes = _channel_boxes_image(rng, 90, 120, 3)
+    t = TrainTransform(48)
+    a = t(image, boxes, np.array([1, 2, 3]), np.random.default_rng(7))
+    b = t(image, boxes, np.array([1, 2, 3]), np.random.default_rng(7))
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)
+    c = t(image, boxes, np.array([1, 2, 3]), np.random.default_rng(8))
+    assert not np.array_equal(a[0], c[0])
+
+
+def _satisfies(patch, boxes, threshold):
+    patch = np.array([patch], float)
+    overlap = iou_xyxy(patch, boxes)[0]
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    inside = (cx >= patch[0, 0]) & (cx <= patch[0, 2]) & (cy >= patch[0, 1]) & (cy <= patch[0, 3])
+    return overlap.max() >= threshold and inside.any()
+
+
+def test_crop_meets_its_min_iou_with_at_least_one_object():
+    rng = np.random.default_rng(3)
+    boxes = np.array([[10, 10, 110, 90], [100, 60, 190, 140]], float)
+    seen_crop = 0
+    for _ in range(300):
+        patch = sample_crop(boxes, 200, 150, rng, min_ious=(0.7,))
+        if patch == (0.0, 0.0, 200.0, 150.0):
+            continue
+        seen_crop += 1
+        assert _satisfies(patch, boxes, 0.7)
+        w, h = (patch[2] - patch[0]) / 200, (patch[3] - patch[1]) / 150
+        assert 0.3 - 1e-9 <= np.sqrt(w * h) <= 1 + 1e-9 and 0.5 - 1e-9 <= w / h <= 2 + 1e-9
+    assert seen_crop > 30
+
+
+def test_crop_rejects_patches_below_the_threshold():
+    # ssd.pytorch's test `overlap.min() < min_iou and max_iou < overlap.max()` accepts everything;
+    # with one small object no 0.9-IoU patch of scale >= 0.3 exists, so only the whole image is left.
+    boxes = np.array([[0, 0, 10, 10]], float)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        assert sample_crop(boxes, 100, 100, rng, min_ious=(0.9,)) == (0.0, 0.0, 100.0, 100.0)
+    # Without objects nothing but the whole image qualifies (as in Caffe).
+    assert sample_crop(np.zeros((0, 4)), 100, 80, rng) == (0.0, 0.0, 100.0, 80.0)
+
+
+def test_crop_scale_option_reaches_the_papers_smaller_patches():
+    boxes = np.array([[0, 0, 100, 100]], float)
+    rng = np.random.default_rng(0)
+    scales = {}
+    for lo in (0.1, 0.3):
+        s = []
+        for _ in range(300):
+            x1, y1, x2, y2 = sample_crop(boxes, 100, 100, rng, min_ious=(None,), min_scale=lo)
+            s.append(np.sqrt((x2 - x1) * (y2 - y1)) / 100)
+        scales[lo] = min(s)
+    assert scales[0.3] >= 0.3 - 1e-9 and scales[0.1] < 0.2
+
+
+def test_expand_zooms_out_onto_the_mean():
+    image = np.full((40, 40, 3), 200, np.uint8)
+    boxes = np.array([[0, 0, 40, 40]], np.float32)
+    t = TrainTransform(40, mean=(10, 20, 30), std=1.0, photometric=False, crop=False, flip=False,
+                       expand_prob=1.0, expand_ratio=4.0)
+    widths = []
+    for seed in range(30):
+        chw, out, _ = t(image, boxes, np.array([1]), np.random.default_rng(seed))
+        widths.append(out[0, 2] - out[0, 0])
+        if widths[-1] < 0.95:
+            assert np.isclose(chw, 0.0).all(axis=0).any()  # the fill is the mean, which normalises to 0
+        np.testing.assert_allclose(chw.max(axis=(1, 2)), [190, 180, 170], atol=1)
+    assert 0.25 - 0.01 <= min(widths) < 0.5 and max(widths) <= 1.0
+
+
+def test_flip_mirrors_image_and_boxes():
+    rng = np.random.default_rng(0)
+    image, boxes = _channel_boxes_image(rng, 64, 64, 1)
+    t = TrainTransform(64, mean=0.0, std=1.0, photometric=False, expand=False, crop=False, flip_prob=1.0)
+    chw, out, _ = t(image, boxes, np.array([0]), rng)
+    np.testing.assert_allclose(out[0], [1 - boxes[0, 2] / 64, boxes[0, 1] / 64, 1 - boxes[0, 0] / 64,
+                                        boxes[0, 3] / 64], atol=1e-6)
+    np.testing.assert_array_equal(chw.transpose(1, 2, 0), image[:, ::-1].astype(np.float32))
+
+
+def test_photometric_steps():
+    grey = np.full((8, 8, 3), 100, np.uint8)
+    rng = np.random.default_rng(0)
+    identity = dict(contrast_range=(1, 1), saturation_range=(1, 1), hue_delta=0.0, prob=1.0)
+    deltas = {int(photometric_distort(grey, rng, brightness_delta=32, **identity)[0, 0, 0]) - 100
+              for _ in range(50)}
+    assert min(deltas) >= -32 and max(deltas) <= 32 and len(deltas) > 10
+    out = photometric_distort(grey, rng, brightness_delta=0, contrast_range=(1.5, 1.5),
+                              saturation_range=(1, 1), hue_delta=0.0, prob=1.0)
+    assert np.all(out == 150)
+    colour = np.zeros((4, 4, 3), np.uint8)
+    colour[..., 0] = 200
+    colour[..., 1] = 50
+    desaturated = photometric_distort(colour, rng, brightness_delta=0, contrast_range=(1, 1),
+                                      saturation_range=(0, 0), hue_delta=0.0, prob=1.0)
+    assert np.ptp(desaturated[0, 0].astype(int)) <= 1  # grey
+    turned = photometric_distort(colour, np.random.default_rng(1), brightness_delta=0, contrast_range=(1, 1),
+                                 saturation_range=(1, 1), hue_delta=120.0, prob=1.0)
+    assert turned.dtype == np.uint8 and not np.array_equal(turned, colour)
+    assert abs(int(turned.max()) - 200) <= 2  # a hue turn keeps the value (max channel)
+    swapped = photometric_distort(colour, np.random.default_rng(2), brightness_delta=0, prob=0.0,
+                                  channel_swap_prob=1.0)
+    assert sorted(swapped[0, 0].tolist()) == [0, 50, 200]
+    assert np.array_equal(photometric_distort(colour, rng, prob=0.0), colour)
+
+
+def test_photometric_keeps_the_fill_at_the_mean():
+    image = np.full((20, 20, 3), 128, np.uint8)
+    t = TrainTransform(40, mean=(10, 20, 30), std=1.0, crop=False, flip=False, expand_prob=1.0,
+                       photometric_prob=1.0)
+    chw, _, _ = t(image, np.zeros((0, 4)), np.zeros(0, np.int64), np.random.default_rng(0))
+    assert (chw == 0).all(axis=0).sum() > 40 * 40 // 4
+
+
+def test_eval_transform():
+    image = np.full((50, 100, 3), (10, 20, 30), np.uint8)
+    boxes = np.array([[0, 0, 100, 50], [25, 10, 75, 40]], np.float32)
+    t = EvalTransform(32, mean=(10, 20, 30), std=(2, 4, 5))
+    chw, out, labels = t(image, boxes, np.array([3, 4]))
+    assert chw.shape == (3, 32, 32) and np.allclose(chw, 0)
+    np.testing.assert_allclose(out, [[0, 0, 1, 1], [0.25, 0.2, 0.75, 0.8]])
+    assert labels.tolist() == [3, 4]
+    assert np.array_equal(preprocess(image, 32, (10, 20, 30), (2, 4, 5)), chw)
+    chw, _, _ = EvalTransform(2, mean=0, std=(1, 2, 4))(np.full((2, 2, 3), 8, np.uint8), np.zeros((0, 4)),
+                                                         np.zeros(0, np.int64))
+    np.testing.assert_allclose(chw[:, 0, 0], [8, 4, 2])
+
+
+def test_render_matches_plain_resize_when_nothing_is_cropped():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    out = render(image, 40, np.zeros(3, np.uint8), crop=(0.0, 0.0, 50.0, 30.0))
+    general = render(image, 40, np.zeros(3, np.uint8), offset=(0, 0), canvas_size=(50, 31),
+                     crop=(0.0, 0.0, 50.0, 30.0))
+    np.testing.assert_allclose(out.astype(int), general.astype(int), atol=1)
+
+
+def test_turning_steps_off_is_the_eval_resize():
+    rng = np.random.default_rng(0)
+    image, boxes = _channel_boxes_image(rng, 60, 80, 2)
+    off = TrainTransform(32, photometric=False, expand=False, crop=False, flip=False)
+    a = off(image, boxes, np.array([1, 2]), rng)
+    b = EvalTransform(32)(image, boxes, np.array([1, 2]))
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+@pytest.mark.parametrize("args, word", [
+    ((np.zeros((4, 4, 3), np.float32), np.zeros((0, 4)), np.zeros(0, int)), "image"),
+    ((np.zeros((4, 4), np.uint8), np.zeros((0, 4)), np.zeros(0, int)), "image"),
+    ((np.zeros((4, 4, 3), np.uint8), np.zeros((1, 3)), np.zeros(1, int)), "boxes_px"),
+    ((np.zeros((4, 4, 3), np.uint8), np.array([[3, 0, 1, 2]]), np.zeros(1, int)), "boxes_px"),
+    ((np.zeros((4, 4, 3), np.uint8), np.array([[0, 0, np.nan, 2]]), np.zeros(1, int)), "boxes_px"),
+    ((np.zeros((4, 4, 3), np.uint8), np.array([[0, 0, 1, 2]]), np.zeros(2, int)), "labels"),
+    ((np.zeros((4, 4, 3), np.uint8), np.array([[0, 0, 1, 2]]), np.zeros(1, float)), "labels"),
+])
+def test_bad_inputs_name_the_argument(args, word):
+    for t in (TrainTransform(8), EvalTransform(8)):
+        with pytest.raises(ValueError, match=word):
+            t(*args, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("kwargs, word", [({"size": 0}, "size"), ({"std": 0}, "std"), ({"mean": (1, 2)}, "mean"),
+                                          ({"expand_ratio": 0.5}, "expand_ratio"),
+                                          ({"crop_min_scale": 0}, "crop_min_scale"),
+                                          ({"flip_prob": 2}, "flip_prob"), ({"crop_aspect": (2, 1)}, "crop_aspect")])
+def test_bad_settings_name_the_argument(kwargs, word):
+    kwargs = {"size": 8, **kwargs}
+    with pytest.raises(ValueError, match=word):
+        TrainTransform(**kwargs)
