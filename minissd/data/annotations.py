@@ -105,8 +105,9 @@ class BoxChecker:
             parts.append(f"dropped {sum(self.unknown.values())} objects of classes not in class_names ({detail})")
         if parts:
             examples = "; e.g. " + "; ".join(self.examples) if self.examples else ""
-            warnings.warn(f"{self.dataset}: " + "; ".join(parts) + examples
-                          + " (on_bad_box='error' raises instead)", BadDataWarning, stacklevel=stacklevel)
+            hint = " (on_bad_box='error' raises instead)" if n_dropped or self.clipped else ""
+            warnings.warn(f"{self.dataset}: " + "; ".join(parts) + examples + hint, BadDataWarning,
+                          stacklevel=stacklevel)
 
     def summary(self) -> dict:
         return {"dropped": dict(self.dropped), "clipped": self.clipped, "unknown_class": dict(self.unknown)}
