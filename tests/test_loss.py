@@ -395,7 +395,7 @@ def test_cpu_equals_gpu(rng):
     import cupy
 
     batch = make_batch(rng, n=8, p=500, m=6, pos_per_image=(0, 1, 2, 3, 5, 8, 13, 21), dtype=np.float32)
-    batch[1][..., 0] = np.round(batch[1][..., 0])      # ties in the mining
+    batch[1][:, ::3] = batch[1][:, :1]                 # every third box scores alike: exact ties to break
     cpu = MultiBoxLoss()
     pc = cpu.forward(*batch)
     dc = cpu.backward()
