@@ -238,7 +238,7 @@ class MultiBoxLoss:
         LossParts(total, conf, loc, num_pos): three Python floats and an int.
         """
         xp = self._check(loc, conf, loc_t, labels)
-        n, p, m = conf.shape
+        n, p, _ = conf.shape
         labels = labels.astype(xp.int64, copy=False)
         pos = labels > 0                                            # (N, P)
         num_pos_img = pos.sum(axis=1)                               # (N,)

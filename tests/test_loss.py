@@ -343,10 +343,9 @@ def test_backward_before_forward():
 
 
 # -- bad input -------------------------------------------------------------------------------------
-def _bad(name, rng):
+def _good_args(rng):
     loc, conf, loc_t, labels = make_batch(rng)
-    args = dict(loc=loc, conf=conf, loc_t=loc_t, labels=labels)
-    return args
+    return dict(loc=loc, conf=conf, loc_t=loc_t, labels=labels)
 
 
 @pytest.mark.parametrize("arg,value,match", [
@@ -366,14 +365,14 @@ def _bad(name, rng):
     ("loc_t", lambda a: np.where(a["labels"][..., None] > 0, np.nan, a["loc_t"]), "loc_t holds NaN"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(rng, arg, value, match):
-    args = _bad(arg, rng)
+    args = _good_args(rng)
     args[arg] = value(args)
     with pytest.raises(ValueError, match=match):
         MultiBoxLoss().forward(**args)
 
 
 def test_non_finite_error_is_a_value_error_and_can_be_switched_off(rng):
-    args = _bad("conf", rng)
+    args = _good_args(rng)
     args["conf"] = args["conf"].copy()
     args["conf"][0, 0, 0] = np.nan
     with pytest.raises(NonFiniteError):
