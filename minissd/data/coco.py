@@ -43,8 +43,8 @@ class COCODataset:
         categories, sorted by id.
     keep_crowd : keep ``iscrowd`` objects with the difficult flag (default True; False for training).
     on_bad_box : "drop" (default, counted in one warning), "clip" or "error".
-    on_unknown_class : "error" (default) or "drop", for annotations whose category is not known
-        (not in the file's categories, or not in ``class_names``).
+    on_unknown_class : "error" (default) or "drop", for annotations whose category is not in
+        ``class_names``. A category_id missing from the file's own categories is always an error.
     check_images : check at construction that every image file exists.
     """
 
@@ -105,10 +105,10 @@ class COCODataset:
             if image_id not in by_id:
                 raise ValueError(f"{where}: image_id {image_id!r} is not in 'images'")
             if category not in cat_to_label:
-                name = categories.get(category, f"category id {category}")
-                if on_unknown_class == "error" or category not in categories:
-                    if category not in categories:
-                        raise ValueError(f"{where}: category_id {category} is not in 'categories'")
+                if category not in categories:
+                    raise ValueError(f"{where}: category_id {category} is not in 'categories'")
+                name = categories[category]
+                if on_unknown_class == "error":
                     raise ValueError(f"{where}: category {name!r} is not in class_names "
                                      "(pass on_unknown_class='drop' to skip it)")
                 self.checker.drop_unknown(name, where)
