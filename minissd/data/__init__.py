@@ -18,9 +18,18 @@ from .annotations import TRAIN_SPLITS, BadDataWarning
 from .coco import COCODataset
 from .loader import Batch, DataLoader
 from .sample import Sample
-from .shapes import ShapesDataset
 from .transforms import EvalTransform, TrainTransform, preprocess
 from .voc import VOC_CLASSES, VOCDataset
+
+# `shapes` is imported on first use (PEP 562), so that `python -m minissd.data.shapes` does not find
+# the module already imported by its own package (runpy warns about that).
+def __getattr__(name):
+    if name == "ShapesDataset":
+        from .shapes import ShapesDataset
+
+        return ShapesDataset
+    raise AttributeError(f"module 'minissd.data' has no attribute {name!r}")
+
 
 __all__ = ["Sample", "ShapesDataset", "VOCDataset", "COCODataset", "open_dataset", "TrainTransform",
            "EvalTransform", "preprocess", "DataLoader", "Batch", "BadDataWarning", "VOC_CLASSES"]
@@ -40,6 +49,8 @@ def open_dataset(spec: str, split: str = "train", **options):
     if kind == "shapes":
         if rest:
             raise ValueError(f"spec: 'shapes' takes no path (got {spec!r}); pass size=, seed= as options")
+        from .shapes import ShapesDataset
+
         return ShapesDataset(split, **options)
     if kind == "voc":
         if not rest:
