@@ -269,7 +269,8 @@ def draw_image(rng, size: int = 128, min_objects: int = 1, max_objects: int = 6,
                 visible = list(still)
             colour = _pick_colour(rng, bg_colours, colours)
             region = canvas[:, r0:r1, c0:c1]  # (3, h_r, w_r) view
-            region += alpha[None] * (np.asarray(colour, np.float32)[:, None, None] - region)  # "over" compositing, in place
+            # "Over" compositing, in place: the anti-aliased edge blends with whatever lies below.
+            region += alpha[None] * (np.asarray(colour, np.float32)[:, None, None] - region)
             owner[r0:r1, c0:c1][solid] = len(area)
             area.append(n_solid)
             visible.append(n_solid)
