@@ -61,16 +61,21 @@ def detect_images(model, images, *, device="cpu", batch_size=8, **detect_kwargs)
     ``scores`` (K,), by descending score.
     """
     from .data import preprocess
+    from .evaluate import clip_offsets, to_pixels
+    from .train import set_input_normalisation
 
+    if not hasattr(model, "input_mean"):
+        set_input_normalisation(model)
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        x = to_device(np.stack([preprocess(image, model.image_size) for image in chunk]), device)  # (n, 3, S, S)
+        x = np.stack([preprocess(image, model.image_size, model.input_mean, model.input_std)
+                      for image in chunk])                           # (n, 3, S, S)
+        x = to_device(x, device)
         loc, conf = model.forward(x)
-        for image, d in zip(chunk, model.detect(loc, conf, **detect_kwargs)):
+        for image, d in zip(chunk, model.detect(clip_offsets(loc), conf, **detect_kwargs)):
             h, w = image.shape[:2]
-            scale = np.array([w, h, w, h], dtype=np.float64)
-            out.append({"boxes": to_cpu(d.boxes).astype(np.float64) * scale,
+            out.append({"boxes": to_pixels(d.boxes, h, w),
                         "labels": to_cpu(d.labels).astype(np.int64),
                         "scores": to_cpu(d.scores).astype(np.float64)})
     return out

@@ -65,6 +65,11 @@ def load_inference_model(path, device="cpu"):
     if class_names is None:
         class_names = [f"class{i}" for i in range(1, model.num_classes)]
     class_names = list(class_names)
+    from .train import set_input_normalisation
+
+    # Files without the keys (e.g. converted torchvision weights) get the Caffe convention of the
+    # model's config: VGG mean, std 1.
+    set_input_normalisation(model, meta.get("input_mean"), meta.get("input_std"))
     model.to(device)
     model.eval()
     return model, class_names, meta
@@ -76,7 +81,40 @@ def load_inference_model(path, device="cpu"):
 def _eval_transform(model):
     from .data import EvalTransform
 
-    return EvalTransform(model.image_size)
+    if not hasattr(model, "input_mean"):
+        from .train import set_input_normalisation
+
+        set_input_normalisation(model)
+    return EvalTransform(model.image_size, mean=model.input_mean, std=model.input_std)
+
+
+def to_pixels(boxes_xyxy, height, width):
+    """Normalised xyxy boxes (K, 4) -> pixel xyxy in the image's frame, clipped to it (float64).
+
+    Clipping at the edge, as torchvision does: a box that spills over the border means the object
+    reaches the border, and a box partly outside the image can never be matched more than its
+    visible part anyway.
+    """
+    b = to_cpu(boxes_xyxy).astype(np.float64).reshape(-1, 4)
+    b = np.clip(b, 0.0, 1.0) * np.array([width, height, width, height], dtype=np.float64)
+    return b
+
+
+LOC_CLIP = 50.0
+
+
+def clip_offsets(loc):
+    """Offsets clipped to +-50 before decoding, so a diverging model's ``exp`` cannot overflow.
+
+    A trained model's offsets are O(1) (targets are divided by the variances 0.1/0.2); 50 moves a box
+    by 5 default-box widths and scales it by e^10, far outside anything real, but finite — so an
+    evaluation of a half-trained or diverging model reports a low mAP instead of failing.
+    (torchvision clamps its size offsets for the same reason.)
+    """
+    from .backend import get_array_module
+
+    xp = get_array_module(loc)
+    return xp.clip(loc, -LOC_CLIP, LOC_CLIP)
 
 
 def predict(model, dataset, *, batch_size=32, device="cpu", num_workers=0, detect_kwargs=None,
@@ -104,11 +142,11 @@ def predict(model, dataset, *, batch_size=32, device="cpu", num_workers=0, detec
             return None
         x = to_device(batch.images, device)
         loc, conf = model.forward(x)
-        out = model.detect(loc, conf, **detect_kwargs)
+        out = model.detect(clip_offsets(loc), conf, **detect_kwargs)
         for j, d in enumerate(out):
             h, w = (int(v) for v in batch.sizes[j])
             scale = np.array([w, h, w, h], dtype=np.float64)
-            dets.append({"boxes": to_cpu(d.boxes).astype(np.float64) * scale,
+            dets.append({"boxes": to_pixels(d.boxes, h, w),
                          "labels": to_cpu(d.labels).astype(np.int64),
                          "scores": to_cpu(d.scores).astype(np.float64)})
             g = np.asarray(batch.boxes[j], dtype=np.float64).reshape(-1, 4) * scale
@@ -288,7 +326,7 @@ def main(argv=None) -> int:
         print(f"minissd.evaluate: error: {err}", file=sys.stderr)
         return 1
 
-    from .train import format_ap_table
+    from .train import _finite_or_none, format_ap_table
 
     n = result["num_images"]
     print(format_ap_table(result, class_names,
@@ -308,7 +346,7 @@ def main(argv=None) -> int:
             return status
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
+            json.dump(_finite_or_none(summary), f, indent=2, sort_keys=True)
             f.write("\n")
     print(f"mAP@{args.iou_threshold:g}: {result['map07']:.3f} (VOC07 11-point), "
           f"{result['map_area']:.3f} (area)")

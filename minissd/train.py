@@ -417,14 +417,33 @@ def make_train_transform(c: dict, model):
         kwargs["crop_min_scale"] = c["crop_min_scale"]
     if c["max_expand"] is not None:
         kwargs["expand_ratio"] = c["max_expand"]
-    return TrainTransform(model.image_size, **kwargs)
+    return TrainTransform(model.image_size, mean=model.input_mean, std=model.input_std, **kwargs)
+
+
+# Input normalisation, (pixel - mean) / std per RGB channel, in 0..255 units. The paper's networks
+# start from ImageNet VGG16 weights trained on mean-subtracted, unscaled pixels (Caffe), so they keep
+# std 1 (as converted torchvision weights expect). The small model trains from scratch, where inputs
+# of unit variance keep the first logits O(1): with std 1 its initial confidence logits reach ~400
+# and the first SGD step diverges. The pair is stored in every checkpoint ("input_mean"/"input_std").
+VGG_MEAN = (123.0, 117.0, 104.0)
+IMAGENET_STD = (58.4, 57.1, 57.4)
+INPUT_NORMALISATION = {"small": (VGG_MEAN, IMAGENET_STD), "ssd300": (VGG_MEAN, (1.0, 1.0, 1.0)),
+                       "ssd512": (VGG_MEAN, (1.0, 1.0, 1.0))}
+
+
+def set_input_normalisation(model, mean=None, std=None):
+    """Attach ``input_mean``/``input_std`` to a model (defaults: its config's entry above)."""
+    default = INPUT_NORMALISATION.get(model.config.get("name"), (VGG_MEAN, (1.0, 1.0, 1.0)))
+    model.input_mean = tuple(float(v) for v in (mean if mean is not None else default[0]))
+    model.input_std = tuple(float(v) for v in (std if std is not None else default[1]))
+    return model
 
 
 def build_model_for(c: dict, num_object_classes: int, seed: int):
     from .model import build_model
 
     rng = np.random.default_rng([seed, 1])
-    return build_model(c["model"], num_object_classes + 1, rng)
+    return set_input_normalisation(build_model(c["model"], num_object_classes + 1, rng))
 
 
 def total_iterations(c: dict, train_len: int) -> int:
@@ -501,9 +520,20 @@ class _Interrupt:
         return False
 
 
+def _finite_or_none(value):
+    """NaN (AP of a class without ground truth) becomes null, so the files are strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _append_jsonl(path, record):
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.write(json.dumps(_finite_or_none(record), sort_keys=True) + "\n")
 
 
 def _read_jsonl(path):
@@ -605,6 +635,8 @@ def _resume_config(run_dir: str, given: dict) -> dict:
                              f"uses {config.get(key)!r}); start a new run to change it")
     for key, value in DEFAULTS.items():
         config.setdefault(key, value)
+    # A --stop-at belongs to the session that gave it; the resumed session runs on unless told again.
+    config["stop_at"] = given.get("stop_at")
     if "epochs" in given:
         config["iterations"] = DEFAULTS["iterations"]
     elif "iterations" in given:
@@ -666,6 +698,8 @@ class Trainer:
         return {
             "train_config": _json_safe(self.c),
             "class_names": self.class_names,
+            "input_mean": list(self.model.input_mean),
+            "input_std": list(self.model.input_std),
             "best_map": self.best_map,
             "best_iteration": self.best_iteration,
             "elapsed_s": self.elapsed_before + (time.perf_counter() - self.t_start),
@@ -945,7 +979,7 @@ class Trainer:
         if test is not None:
             summary["test"] = _result_json(test, self.class_names)
         with open(os.path.join(self.run_dir, "results.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2, sort_keys=True)
+            json.dump(_finite_or_none(summary), f, indent=2, sort_keys=True)
             f.write("\n")
 
         timing = ", ".join(f"{k} {v:.0f}s" for k, v in self.timers.items() if v >= 0.5)
@@ -977,7 +1011,7 @@ class Trainer:
             self.model.train()
         dets = []
         for d in result["detections"]:
-            keep = d["scores"] >= 0.3
+            keep = np.flatnonzero(d["scores"] >= 0.3)[:15]   # best first; 15 keep the picture readable
             dets.append({k: v[keep] for k, v in d.items()})
         viz.detection_grid(os.path.join(self.run_dir, "detections.png"), result["images"], dets,
                            self.class_names, ground_truths=[g["boxes"] for g in result["ground_truths"]],

@@ -42,11 +42,11 @@ def _label_text(label, score, class_names):
 
 
 def draw_boxes(ax, boxes_xyxy, labels=None, scores=None, class_names=None, *, color=None,
-               linestyle="-", linewidth=2.0, fontsize=8, show_text=True):
+               linestyle="-", linewidth=2.0, fontsize=8, show_text=True, frame=None):
     """Draw pixel ``xyxy`` boxes (K, 4) on a matplotlib Axes, with class name and score.
 
     ``labels`` (K,) are 1..C (``class_names[label - 1]`` names them); ``scores`` (K,) optional.
-    ``color=None`` colours each box by its class.
+    ``color=None`` colours each box by its class. ``frame=(H, W)`` keeps boxes and text near the image.
     """
     from matplotlib.patches import Rectangle
 
@@ -59,13 +59,21 @@ def draw_boxes(ax, boxes_xyxy, labels=None, scores=None, class_names=None, *, co
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if len(scores) != k:
             raise ValueError(f"scores has {len(scores)} entries for {k} boxes")
+    if frame is not None:
+        # Boxes of an untrained model can lie far outside the image; clipped to a margin around it
+        # they still show, and text never lands at coordinates the font rasteriser rejects.
+        h, w = frame
+        boxes = np.clip(boxes, [-0.5 * w, -0.5 * h, -0.5 * w, -0.5 * h], [1.5 * w, 1.5 * h, 1.5 * w, 1.5 * h])
     for i, (x1, y1, x2, y2) in enumerate(boxes):
         c = color or class_color(labels[i])
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=c,
-                               linewidth=linewidth, linestyle=linestyle))
+                               linewidth=linewidth, linestyle=linestyle, clip_on=True))
         if show_text:
             text = _label_text(labels[i], None if scores is None else scores[i], class_names)
-            ax.text(x1, y1, text, fontsize=fontsize, color="black", va="bottom", ha="left",
+            tx, ty = x1, y1
+            if frame is not None:
+                tx, ty = min(max(x1, 0.0), frame[1] * 0.85), min(max(y1, 0.0), frame[0] * 0.97)
+            ax.text(tx, ty, text, fontsize=fontsize, color="black", va="bottom", ha="left", clip_on=True,
                     bbox=dict(facecolor=c, edgecolor="none", alpha=0.8, pad=1.0))
     return ax
 
@@ -75,9 +83,10 @@ def show_detections(ax, image, boxes_xyxy, labels, scores=None, class_names=None
     """Show an (H, W, 3) uint8 image with detections (solid) and optional ground truth (dashed white)."""
     image = np.asarray(image)
     ax.imshow(image)
+    frame = image.shape[:2]
     if gt_boxes_xyxy is not None and len(gt_boxes_xyxy):
-        draw_boxes(ax, gt_boxes_xyxy, color="white", linestyle="--", linewidth=1.0, show_text=False)
-    draw_boxes(ax, boxes_xyxy, labels, scores, class_names)
+        draw_boxes(ax, gt_boxes_xyxy, color="white", linestyle="--", linewidth=1.0, show_text=False, frame=frame)
+    draw_boxes(ax, boxes_xyxy, labels, scores, class_names, frame=frame)
     ax.set_xlim(0, image.shape[1])
     ax.set_ylim(image.shape[0], 0)
     ax.set_axis_off()
@@ -123,9 +132,10 @@ def detection_grid(path, images, detections, class_names=None, ground_truths=Non
         gt = None if ground_truths is None else ground_truths[i]
         show_detections(ax, images[i], det["boxes"], det["labels"], det.get("scores"), class_names,
                         gt_boxes_xyxy=gt)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92 if title else 0.97, wspace=0.04,
+                        hspace=0.12)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
     _save(fig, path)
     return os.fspath(path)
 
