@@ -16,12 +16,75 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memset
 
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int minissd_omp_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int minissd_omp_max_threads(void) { return 1; }
+    #endif
+    """
+    int minissd_omp_max_threads() nogil
+
+
+# Element-wise loops in plain C: written so that gcc -O3 if-converts and vectorises them (a Cython
+# `if` inside prange compiles to a branch, which random signs mispredict half the time).
+cdef extern from *:
+    """
+    #define MINISSD_KERNELS(T, S)                                                                \
+    static void minissd_relu_fwd_##S(const T* x, T* y, Py_ssize_t n) {                           \
+        for (Py_ssize_t i = 0; i < n; ++i) { const T v = x[i]; y[i] = (v <= (T)0) ? (T)0 : v; }   \
+    }                                                                                            \
+    static void minissd_relu_bwd_##S(const T* y, const T* dy, T* dx, Py_ssize_t n) {             \
+        for (Py_ssize_t i = 0; i < n; ++i) { const T d = dy[i]; dx[i] = (y[i] > (T)0) ? d : (T)0; } \
+    }                                                                                            \
+    static void minissd_pool2_##S(const T* x, T* y, int* am, Py_ssize_t W, Py_ssize_t OH,        \
+                                  Py_ssize_t OW) {                                               \
+        for (Py_ssize_t oh = 0; oh < OH; ++oh) {                                                 \
+            const T* r0 = x + 2 * oh * W;                                                        \
+            const T* r1 = r0 + W;                                                                \
+            T* yo = y + oh * OW;                                                                 \
+            int* ao = am + oh * OW;                                                              \
+            const int base = (int)(2 * oh * W);                                                  \
+            for (Py_ssize_t ow = 0; ow < OW; ++ow) {                                             \
+                const T a = r0[2 * ow], b = r0[2 * ow + 1], c = r1[2 * ow], d = r1[2 * ow + 1];  \
+                const int i0 = base + 2 * (int)ow;                                               \
+                T best = a; int bi = i0;                                                         \
+                int t = (b > best) | (b != b); best = t ? b : best; bi = t ? i0 + 1 : bi;         \
+                t = (c > best) | (c != c); best = t ? c : best; bi = t ? i0 + (int)W : bi;        \
+                t = (d > best) | (d != d); best = t ? d : best; bi = t ? i0 + (int)W + 1 : bi;    \
+                yo[ow] = best; ao[ow] = bi;                                                      \
+            }                                                                                    \
+        }                                                                                        \
+    }
+    MINISSD_KERNELS(float, f)
+    MINISSD_KERNELS(double, d)
+    """
+    void minissd_relu_fwd_f(const float* x, float* y, Py_ssize_t n) nogil
+    void minissd_relu_fwd_d(const double* x, double* y, Py_ssize_t n) nogil
+    void minissd_relu_bwd_f(const float* y, const float* dy, float* dx, Py_ssize_t n) nogil
+    void minissd_relu_bwd_d(const double* y, const double* dy, double* dx, Py_ssize_t n) nogil
+    void minissd_pool2_f(const float* x, float* y, int* am, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW) nogil
+    void minissd_pool2_d(const double* x, double* y, int* am, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW) nogil
+
+# element-wise loops are split into blocks of this many elements, one block per parallel iteration
+cdef enum:
+    _BLOCK = 65536
+
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """ceil(a / b) for b > 0 and any sign of a (C division truncates toward zero)."""
     if a <= 0:
         return -((-a) // b)
     return (a + b - 1) // b
+
+
+cdef inline int _threads(int requested) noexcept nogil:
+    """``requested`` threads, or OpenMP's default when it is 0 or less."""
+    if requested > 0:
+        return requested
+    return minissd_omp_max_threads()
 
 
 cdef inline Py_ssize_t _clamp(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
@@ -34,20 +97,31 @@ cdef inline Py_ssize_t _clamp(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) noexce
 
 def im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] col,
            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-           Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW):
-    """Fill ``col`` (N, C*KH*KW, OH*OW) from ``x`` (N, C, H, W); OH, OW are read from the caller's
-    ``col`` through ``OH*OW`` and recomputed here from the geometry."""
+           Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW, bint rows_first=False,
+           int num_threads=0):
+    """Fill ``col`` from ``x`` (N, C, H, W).
+
+    ``col`` is (N, C*KH*KW, OH*OW), or (C*KH*KW, N, OH*OW) when ``rows_first`` (the layout in which
+    one GEMM ``W2d @ col.reshape(R, N*OH*OW)`` convolves the whole batch).
+    """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = (H + 2 * PH - DH * (KH - 1) - 1) // SH + 1
     cdef Py_ssize_t OW = (W + 2 * PW - DW * (KW - 1) - 1) // SW + 1
     cdef Py_ssize_t R = C * KH * KW
+    cdef Py_ssize_t P = OH * OW
     cdef Py_ssize_t job, n, row, c, kh, kw, oh, ow, ih, iw0, lo, hi
+    cdef floating* base = &col[0, 0, 0]
     cdef floating* dst
     cdef const floating* src
-    # one job = one row of one image's column matrix: N*C*KH*KW independent, contiguous writes
-    for job in prange(N * R, nogil=True, schedule="static"):
-        n = job // R
-        row = job - n * R
+    # one job = one (image, row) pair, numbered in memory order of col in either layout, so job j
+    # writes the P contiguous values at base + j*P: independent, sequential writes
+    for job in prange(N * R, nogil=True, schedule="static", num_threads=_threads(num_threads)):
+        if rows_first:
+            row = job // N
+            n = job - row * N
+        else:
+            n = job // R
+            row = job - n * R
         c = row // (KH * KW)
         kh = (row // KW) % KH
         kw = row % KW
@@ -55,7 +129,7 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] col,
         lo = _clamp(_ceil_div(PW - kw * DW, SW), 0, OW)
         hi = _clamp(_ceil_div(W + PW - kw * DW, SW), lo, OW)
         for oh in range(OH):
-            dst = &col[n, row, oh * OW]
+            dst = base + job * P + oh * OW
             ih = oh * SH - PH + kh * DH
             if ih < 0 or ih >= H:
                 memset(dst, 0, OW * sizeof(floating))
@@ -76,8 +150,9 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] col,
 
 def col2im(const floating[:, :, ::1] col, floating[:, :, :, ::1] dx,
            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-           Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW):
-    """Overwrite ``dx`` (N, C, H, W) with the adjoint of im2col applied to ``col``.
+           Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW, bint rows_first=False,
+           int num_threads=0):
+    """Overwrite ``dx`` (N, C, H, W) with the adjoint of im2col applied to ``col`` (either layout).
 
     Each (n, c) plane is owned by one iteration, which zeroes it and then adds the KH*KW rows of
     ``col`` that read from it, in a fixed order: no races and a deterministic sum.
@@ -85,16 +160,23 @@ def col2im(const floating[:, :, ::1] col, floating[:, :, :, ::1] dx,
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = (H + 2 * PH - DH * (KH - 1) - 1) // SH + 1
     cdef Py_ssize_t OW = (W + 2 * PW - DW * (KW - 1) - 1) // SW + 1
+    cdef Py_ssize_t P = OH * OW, R = C * KH * KW
     cdef Py_ssize_t job, n, c, row, kh, kw, oh, ow, ih, iw0, lo, hi
+    cdef const floating* base = &col[0, 0, 0]
+    cdef const floating* rowp
     cdef floating* dst
     cdef const floating* src
-    for job in prange(N * C, nogil=True, schedule="static"):
+    for job in prange(N * C, nogil=True, schedule="static", num_threads=_threads(num_threads)):
         n = job // C
         c = job - n * C
         memset(&dx[n, c, 0, 0], 0, H * W * sizeof(floating))
         for kh in range(KH):
             for kw in range(KW):
                 row = (c * KH + kh) * KW + kw
+                if rows_first:
+                    rowp = base + (row * N + n) * P
+                else:
+                    rowp = base + (n * R + row) * P
                 lo = _clamp(_ceil_div(PW - kw * DW, SW), 0, OW)
                 hi = _clamp(_ceil_div(W + PW - kw * DW, SW), lo, OW)
                 iw0 = kw * DW - PW
@@ -103,7 +185,7 @@ def col2im(const floating[:, :, ::1] col, floating[:, :, :, ::1] dx,
                     if ih < 0 or ih >= H:
                         continue
                     dst = &dx[n, c, ih, 0]
-                    src = &col[n, row, oh * OW]
+                    src = rowp + oh * OW
                     if SW == 1:
                         for ow in range(lo, hi):
                             dst[ow + iw0] += src[ow]
@@ -114,7 +196,7 @@ def col2im(const floating[:, :, ::1] col, floating[:, :, :, ::1] dx,
 
 def maxpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, int[:, :, :, ::1] argmax,
                     Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-                    Py_ssize_t PH, Py_ssize_t PW):
+                    Py_ssize_t PH, Py_ssize_t PW, int num_threads=0):
     """y[n, c, oh, ow] = max of the window; argmax holds its flat index ih*W + iw in the plane.
 
     Padding counts as -inf (as in PyTorch and Caffe), so a window is clipped to the image; the caller
@@ -126,33 +208,18 @@ def maxpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, in
     cdef Py_ssize_t job, n, c, oh, ow, hs, he, ws, we, ih, iw, best_i
     cdef floating best, v
     cdef const floating* plane
-    cdef floating a0, a1, b0, b1
     cdef bint simple = (KH == 2 and KW == 2 and SH == 2 and SW == 2 and PH == 0 and PW == 0
                         and 2 * OH <= H and 2 * OW <= W)
-    for job in prange(N * C, nogil=True, schedule="static"):
+    for job in prange(N * C, nogil=True, schedule="static", num_threads=_threads(num_threads)):
         n = job // C
         c = job - n * C
         plane = &x[n, c, 0, 0]
         if simple:
-            # the 2x2/s2 case of every VGG stage: four loads, no window bookkeeping
-            for oh in range(OH):
-                for ow in range(OW):
-                    best_i = 2 * oh * W + 2 * ow
-                    best = plane[best_i]
-                    v = plane[best_i + 1]
-                    if v > best or v != v:
-                        best = v
-                        best_i = 2 * oh * W + 2 * ow + 1
-                    v = plane[2 * oh * W + W + 2 * ow]
-                    if v > best or v != v:
-                        best = v
-                        best_i = 2 * oh * W + W + 2 * ow
-                    v = plane[2 * oh * W + W + 2 * ow + 1]
-                    if v > best or v != v:
-                        best = v
-                        best_i = 2 * oh * W + W + 2 * ow + 1
-                    y[n, c, oh, ow] = best
-                    argmax[n, c, oh, ow] = <int>best_i
+            # the 2x2/s2 case of every VGG stage: four loads, no window bookkeeping, no branches
+            if floating is float:
+                minissd_pool2_f(plane, &y[n, c, 0, 0], &argmax[n, c, 0, 0], W, OH, OW)
+            else:
+                minissd_pool2_d(plane, &y[n, c, 0, 0], &argmax[n, c, 0, 0], W, OH, OW)
             continue
         for oh in range(OH):
             hs = oh * SH - PH
@@ -181,13 +248,13 @@ def maxpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, in
 
 
 def maxpool_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
-                     floating[:, :, :, ::1] dx):
+                     floating[:, :, :, ::1] dx, int num_threads=0):
     """Overwrite dx with zeros plus dy routed to each window's argmax (summed where windows overlap)."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
     cdef Py_ssize_t job, n, c, oh, ow
     cdef floating* plane
-    for job in prange(N * C, nogil=True, schedule="static"):
+    for job in prange(N * C, nogil=True, schedule="static", num_threads=_threads(num_threads)):
         n = job // C
         c = job - n * C
         plane = &dx[n, c, 0, 0]
@@ -197,32 +264,37 @@ def maxpool_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] ar
                 plane[argmax[n, c, oh, ow]] += dy[n, c, oh, ow]
 
 
-def relu_forward(const floating[::1] x, floating[::1] y):
-    """y = max(x, 0) element-wise (NaN passes through, as in np.maximum and torch.relu)."""
-    cdef Py_ssize_t i, n = x.shape[0]
-    cdef floating v
-    for i in prange(n, nogil=True, schedule="static"):
-        v = x[i]
-        y[i] = 0 if v <= 0 else v
+def relu_forward(const floating[::1] x, floating[::1] y, int num_threads=0):
+    """y = max(x, 0) element-wise (NaN passes through, as in np.maximum and torch.relu); y may be x."""
+    cdef Py_ssize_t n = x.shape[0]
+    cdef Py_ssize_t blk, lo, nblk = (n + _BLOCK - 1) // _BLOCK
+    if n == 0:
+        return
+    cdef const floating* xs = &x[0]
+    cdef floating* ys = &y[0]
+    for blk in prange(nblk, nogil=True, schedule="static", num_threads=_threads(num_threads)):
+        lo = blk * _BLOCK
+        if floating is float:
+            minissd_relu_fwd_f(xs + lo, ys + lo, min(n - lo, _BLOCK))
+        else:
+            minissd_relu_fwd_d(xs + lo, ys + lo, min(n - lo, _BLOCK))
 
 
-def relu_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
+def relu_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx, int num_threads=0):
     """dx = dy where y > 0, else 0 (the subgradient 0 at the kink, as in PyTorch)."""
-    cdef Py_ssize_t i, n = y.shape[0]
-    for i in prange(n, nogil=True, schedule="static"):
-        dx[i] = dy[i] if y[i] > 0 else 0
-
-
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int minissd_omp_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    static int minissd_omp_max_threads(void) { return 1; }
-    #endif
-    """
-    int minissd_omp_max_threads() nogil
+    cdef Py_ssize_t n = y.shape[0]
+    cdef Py_ssize_t blk, lo, nblk = (n + _BLOCK - 1) // _BLOCK
+    if n == 0:
+        return
+    cdef const floating* ys = &y[0]
+    cdef const floating* dys = &dy[0]
+    cdef floating* dxs = &dx[0]
+    for blk in prange(nblk, nogil=True, schedule="static", num_threads=_threads(num_threads)):
+        lo = blk * _BLOCK
+        if floating is float:
+            minissd_relu_bwd_f(ys + lo, dys + lo, dxs + lo, min(n - lo, _BLOCK))
+        else:
+            minissd_relu_bwd_d(ys + lo, dys + lo, dxs + lo, min(n - lo, _BLOCK))
 
 
 def openmp_threads():

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .init import init_weight
+from . import layers as _layers
 from .layers import check_input
 from .module import Module
 
@@ -45,10 +46,11 @@ CHUNK_BYTES = 128 * 2**20
 _SCRATCH: dict = {}
 
 
-def _scratch(xp, shape, dtype):
-    """A shared buffer for chunks of columns that need not outlive one call (any layer may reuse it)."""
+def _scratch(xp, slot: str, shape, dtype):
+    """A shared buffer for values that need not outlive one call (every layer reuses it); one per
+    ``slot`` name, dtype and device, grown as needed."""
     size = int(np.prod(shape))
-    key = (xp.__name__, np.dtype(dtype).str)
+    key = (xp.__name__, slot, np.dtype(dtype).str)
     buf = _SCRATCH.get(key)
     if buf is None or buf.size < size:
         _SCRATCH.pop(key, None)
@@ -151,11 +153,17 @@ def _check_float(x, name):
         raise ValueError(f"{name} must be float32 or float64, got {x.dtype}")
 
 
-def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None):
+def _col_shape(N, R, P, rows_first):
+    return (R, N, P) if rows_first else (N, R, P)
+
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None, rows_first=False):
     """`im2col_ref` computed by the Cython kernel (NumPy input) or the CuPy kernel (CuPy input).
 
-    ``x`` (N, C, H, W) float32/float64; ``out``, if given, is a C-contiguous (N, C*KH*KW, OH*OW) array
-    of the same dtype and device that is overwritten and returned.
+    ``x`` (N, C, H, W) float32/float64 -> ``col`` (N, C*KH*KW, OH*OW). With ``rows_first=True`` the
+    result is ``im2col_ref(x).transpose(1, 0, 2)`` laid out contiguously, (C*KH*KW, N, OH*OW): the
+    layout in which one GEMM convolves the whole batch (what Conv2d uses). ``out``, if given, is a
+    C-contiguous array of that shape, dtype and device, overwritten and returned.
     """
     if getattr(x, "ndim", None) != 4:
         raise ValueError(f"im2col: x must be (N, C, H, W), got shape {getattr(x, 'shape', None)}")
@@ -163,33 +171,37 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None):
     xp = get_array_module(x)
     (N, C, H, W), (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW) = _geometry(
         x.shape, kernel_size, stride, padding, dilation)
-    shape = (N, C * KH * KW, OH * OW)
+    shape = _col_shape(N, C * KH * KW, OH * OW, rows_first)
     if out is None:
         out = xp.empty(shape, dtype=x.dtype)
     elif (tuple(out.shape) != shape or out.dtype != x.dtype or not out.flags.c_contiguous
           or get_array_module(out) is not xp):
         raise ValueError(f"im2col: out must be a C-contiguous {x.dtype} array of shape {shape} on the "
                          f"same device as x, got {out.dtype} {tuple(out.shape)}")
+    if out.size == 0:
+        return out
     x = xp.ascontiguousarray(x)
     if xp is np:
-        _cpu_kernels().im2col(x, out, KH, KW, SH, SW, PH, PW, DH, DW)
+        _cpu_kernels().im2col(x, out, KH, KW, SH, SW, PH, PW, DH, DW, bool(rows_first),
+                              _layers._NUM_THREADS)
     else:
         from .cuda_kernels import im2col_gpu
 
-        im2col_gpu(x, out, (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW))
+        im2col_gpu(x, out, (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW), rows_first)
     return out
 
 
-def col2im(col, x_shape, kernel_size, stride=1, padding=0, dilation=1, out=None):
+def col2im(col, x_shape, kernel_size, stride=1, padding=0, dilation=1, out=None, rows_first=False):
     """`col2im_ref` computed by the Cython kernel (NumPy) or the CuPy gather kernel (CuPy).
 
-    ``col`` (N, C*KH*KW, OH*OW); returns (N, C, H, W) = ``x_shape`` (written into ``out`` if given).
+    ``col`` (N, C*KH*KW, OH*OW), or (C*KH*KW, N, OH*OW) with ``rows_first``; returns ``x_shape``
+    (N, C, H, W), written into ``out`` if given.
     """
     _check_float(col, "col2im: col")
     xp = get_array_module(col)
     (N, C, H, W), (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW) = _geometry(
         x_shape, kernel_size, stride, padding, dilation)
-    shape = (N, C * KH * KW, OH * OW)
+    shape = _col_shape(N, C * KH * KW, OH * OW, rows_first)
     if tuple(col.shape) != shape:
         raise ValueError(f"col2im: col must have shape {shape} for x_shape {tuple(x_shape)}, "
                          f"got {tuple(col.shape)}")
@@ -198,13 +210,16 @@ def col2im(col, x_shape, kernel_size, stride=1, padding=0, dilation=1, out=None)
     elif (tuple(out.shape) != (N, C, H, W) or out.dtype != col.dtype or not out.flags.c_contiguous
           or get_array_module(out) is not xp):
         raise ValueError(f"col2im: out must be a C-contiguous {col.dtype} array of shape {(N, C, H, W)}")
+    if out.size == 0:
+        return out
     col = xp.ascontiguousarray(col)
     if xp is np:
-        _cpu_kernels().col2im(col, out, KH, KW, SH, SW, PH, PW, DH, DW)
+        _cpu_kernels().col2im(col, out, KH, KW, SH, SW, PH, PW, DH, DW, bool(rows_first),
+                              _layers._NUM_THREADS)
     else:
         from .cuda_kernels import col2im_gpu
 
-        col2im_gpu(col, out, (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW))
+        col2im_gpu(col, out, (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW), rows_first)
     return out
 
 
@@ -279,10 +294,6 @@ class Conv2d(Module):
         per_image = rows * pixels * itemsize
         return max(1, min(N, CHUNK_BYTES // max(per_image, 1)))
 
-    def _is_pointwise(self):
-        """1x1, stride 1, no padding: the input already is the column matrix."""
-        return (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0))
-
     def _workspace(self, xp, shape, dtype):
         """This layer's column buffer of ``shape``, reused across steps (big fresh arrays cost page
         faults); it holds the columns from forward to backward."""
@@ -294,6 +305,11 @@ class Conv2d(Module):
         return buf
 
     # -- the two passes ----------------------------------------------------------------------------
+    # The batch is convolved by one GEMM per chunk of images, not one per image: the columns are laid
+    # out rows first, (R, n, P) with R = C*KH*KW and P = OH*OW, so that
+    #     Y (F, n*P) = W2d (F, R) @ col (R, n*P)
+    # and one transposed copy (fused with the bias add) turns Y into NCHW. A few large GEMMs keep
+    # OpenBLAS's threads busy where one small GEMM per image spends its time starting and joining them.
     def forward(self, x):
         W = self.params["W"]
         check_input("Conv2d", x, channels=self.in_channels, like=W)
@@ -301,29 +317,30 @@ class Conv2d(Module):
         x = xp.ascontiguousarray(x)
         (N, C, H, Wd), _, _, _, _, (OH, OW) = _geometry(x.shape, *self._conv_args())
         F = self.out_channels
-        W2d = W.reshape(F, -1)                                   # (F, C*KH*KW)
-        rows, P = W2d.shape[1], OH * OW
+        W2d = W.reshape(F, -1)                                   # (F, R)
+        R, P = W2d.shape[1], OH * OW
         y = xp.empty((N, F, P), dtype=x.dtype)
+        b = self.params["b"].reshape(1, F, 1) if "b" in self.params else None
         self._x = x
         self._out_hw = (OH, OW)
         self._col_valid = False
-        if self._is_pointwise():
-            xp.matmul(W2d, x.reshape(N, C, P), out=y)            # (F, C) @ (N, C, HW)
-        elif self.training and N * rows * P * x.itemsize <= CACHE_BYTES:
-            col = self._workspace(xp, (N, rows, P), x.dtype)
-            im2col(x, *self._conv_args(), out=col)
-            xp.matmul(W2d, col, out=y)                           # (N, F, OH*OW)
-            self._col_valid = True
-        else:
-            step = self._chunk(N, rows, P, x.itemsize)
-            col = _scratch(xp, (step, rows, P), x.dtype)
-            for n0 in range(0, N, step):
-                n1 = min(N, n0 + step)
-                c = col[: n1 - n0]
-                im2col(x[n0:n1], *self._conv_args(), out=c)
-                xp.matmul(W2d, c, out=y[n0:n1])
-        if "b" in self.params:
-            y += self.params["b"].reshape(1, F, 1)
+        keep = self.training and N * R * P * x.itemsize <= CACHE_BYTES
+        step = N if keep else self._chunk(N, R, P, x.itemsize)
+        for n0 in range(0, N, step):
+            m = min(N, n0 + step) - n0
+            if keep:
+                col = self._workspace(xp, (R, N, P), x.dtype)
+            else:
+                col = _scratch(xp, "col", (R, m, P), x.dtype)
+            im2col(x[n0:n0 + m], *self._conv_args(), out=col, rows_first=True)
+            yt = _scratch(xp, "y", (F, m * P), x.dtype)
+            xp.matmul(W2d, col.reshape(R, m * P), out=yt)         # (F, m*P)
+            yt = yt.reshape(F, m, P).transpose(1, 0, 2)           # (m, F, P) view
+            if b is not None:
+                xp.add(yt, b, out=y[n0:n0 + m])
+            else:
+                y[n0:n0 + m] = yt
+        self._col_valid = keep
         return y.reshape(N, F, OH, OW)
 
     def backward(self, dy):
@@ -337,39 +354,33 @@ class Conv2d(Module):
         if tuple(dy.shape) != (N, F, OH, OW):
             raise ValueError(f"Conv2d.backward: dy must have shape {(N, F, OH, OW)}, got {tuple(dy.shape)}")
         W2d = self.params["W"].reshape(F, -1)
-        rows, P = W2d.shape[1], OH * OW
-        dy = xp.ascontiguousarray(dy, dtype=x.dtype).reshape(N, F, P)
-        if "b" in self.params:
-            self.grads["b"] += dy.sum(axis=(0, 2))
-        dW = self.grads["W"].reshape(F, -1)                      # a view: += lands in grads["W"]
+        R, P = W2d.shape[1], OH * OW
+        dy = dy.reshape(N, F, P)
+        dW = self.grads["W"].reshape(F, R)                       # a view: += lands in grads["W"]
         dx = xp.empty_like(x) if self.input_grad else None
-
-        if self._is_pointwise():
-            xr = x.reshape(N, C, P)
-            for n in range(N):
-                dW += dy[n] @ xr[n].T                            # (F, P) @ (P, C)
-            if dx is not None:
-                xp.matmul(W2d.T, dy, out=dx.reshape(N, C, P))    # (C, F) @ (N, F, P)
-            return dx
-
-        if self._col_valid:
-            chunks = [(0, N)]
-            step = N
-        else:
-            step = self._chunk(N, rows, P, x.itemsize)
-            chunks = [(n0, min(N, n0 + step)) for n0 in range(0, N, step)]
-        for n0, n1 in chunks:
-            if self._col_valid:
+        keep = self._col_valid
+        step = N if keep else self._chunk(N, R, P, x.itemsize)
+        db = None
+        for n0 in range(0, N, step):
+            m = min(N, n0 + step) - n0
+            if keep:
                 col = self._col
             else:
-                col = _scratch(xp, (step, rows, P), x.dtype)[: n1 - n0]
-                im2col(x[n0:n1], *self._conv_args(), out=col)
-            for n in range(n0, n1):
-                dW += dy[n] @ col[n - n0].T                       # (F, P) @ (P, rows)
+                col = _scratch(xp, "col", (R, m, P), x.dtype)
+                im2col(x[n0:n0 + m], *self._conv_args(), out=col, rows_first=True)
+            col2d = col.reshape(R, m * P)
+            dyt = _scratch(xp, "y", (F, m, P), x.dtype)
+            dyt[...] = dy[n0:n0 + m].transpose(1, 0, 2)          # (F, m, P)
+            dyt = dyt.reshape(F, m * P)
+            part = dyt.sum(axis=1)
+            db = part if db is None else db + part
+            dW += dyt @ col2d.T                                  # (F, m*P) @ (m*P, R)
             if dx is not None:
-                # the columns are spent: reuse their buffer for dcol = W2d.T @ dy
-                xp.matmul(W2d.T, dy[n0:n1], out=col)             # (rows, F) @ (n, F, P)
-                col2im(col, (n1 - n0, C, H, Wd), *self._conv_args(), out=dx[n0:n1])
+                # the columns are spent: their buffer takes dcol = W2d.T @ dy
+                xp.matmul(W2d.T, dyt, out=col2d)                 # (R, m*P)
+                col2im(col, (m, C, H, Wd), *self._conv_args(), out=dx[n0:n0 + m], rows_first=True)
+        if "b" in self.params:
+            self.grads["b"] += db
         self._col_valid = False
         self._x = None
         return dx

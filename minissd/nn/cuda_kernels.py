@@ -17,17 +17,18 @@ from ..backend import cupy_module
 
 _CACHE: dict = {}
 
-_GEOMETRY = ("int32 C, int32 H, int32 W, int32 KH, int32 KW, int32 SH, int32 SW, int32 PH, int32 PW, "
-             "int32 DH, int32 DW, int32 OH, int32 OW")
+_GEOMETRY = ("int32 N, int32 C, int32 H, int32 W, int32 KH, int32 KW, int32 SH, int32 SW, int32 PH, "
+             "int32 PW, int32 DH, int32 DW, int32 OH, int32 OW, int32 rows_first")
 
 _IM2COL_SRC = r"""
-    // i runs over col (N, C*KH*KW, OH*OW)
+    // i runs over col: (N, C*KH*KW, OH*OW), or (C*KH*KW, N, OH*OW) when rows_first
     const ptrdiff_t P = (ptrdiff_t)OH * OW;
     const ptrdiff_t R = (ptrdiff_t)C * KH * KW;
     const int ow = (int)(i % OW);
     const int oh = (int)((i / OW) % OH);
-    const int r = (int)((i / P) % R);
-    const ptrdiff_t n = i / (P * R);
+    const ptrdiff_t j = i / P;
+    const int r = (int)(rows_first ? j / N : j % R);
+    const ptrdiff_t n = rows_first ? j % N : j / R;
     const int kw = r % KW;
     const int kh = (r / KW) % KH;
     const int c = r / (KH * KW);
@@ -60,7 +61,8 @@ _COL2IM_SRC = r"""
             const int ow = wnum / SW;
             if (ow >= OW) continue;
             const int r = (c * KH + kh) * KW + kw;
-            acc += col[(n * R + r) * P + (ptrdiff_t)oh * OW + ow];
+            const ptrdiff_t j = rows_first ? (ptrdiff_t)r * N + n : n * R + r;
+            acc += col[j * P + (ptrdiff_t)oh * OW + ow];
         }
     }
     dx = acc;
@@ -144,17 +146,20 @@ def _i32(*values):
     return [np.int32(v) for v in values]
 
 
-def im2col_gpu(x, col, kernel, stride, padding, dilation, out_hw):
-    """Fill ``col`` (N, C*KH*KW, OH*OW) from contiguous ``x`` (N, C, H, W), both CuPy arrays."""
-    _, C, H, W = x.shape
-    _kernel("im2col")(x, *_i32(C, H, W, *kernel, *stride, *padding, *dilation, *out_hw), col)
+def im2col_gpu(x, col, kernel, stride, padding, dilation, out_hw, rows_first=False):
+    """Fill ``col`` (N, C*KH*KW, OH*OW), or (C*KH*KW, N, OH*OW) when ``rows_first``, from contiguous
+    ``x`` (N, C, H, W); both CuPy arrays."""
+    N, C, H, W = x.shape
+    _kernel("im2col")(x, *_i32(N, C, H, W, *kernel, *stride, *padding, *dilation, *out_hw,
+                               int(bool(rows_first))), col)
     return col
 
 
-def col2im_gpu(col, dx, kernel, stride, padding, dilation, out_hw):
+def col2im_gpu(col, dx, kernel, stride, padding, dilation, out_hw, rows_first=False):
     """Overwrite ``dx`` (N, C, H, W) with the adjoint of im2col applied to contiguous ``col``."""
-    _, C, H, W = dx.shape
-    _kernel("col2im")(col, *_i32(C, H, W, *kernel, *stride, *padding, *dilation, *out_hw), dx)
+    N, C, H, W = dx.shape
+    _kernel("col2im")(col, *_i32(N, C, H, W, *kernel, *stride, *padding, *dilation, *out_hw,
+                                 int(bool(rows_first))), dx)
     return dx
 
 

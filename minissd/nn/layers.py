@@ -10,12 +10,30 @@ citing ParseNet, Liu, Rabinovich and Berg 2015).
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ..backend import device_of, get_array_module
 from .module import Module
 
 _KERNELS = None
+# Threads of the Cython kernels' parallel loops (0: OpenMP's default, i.e. OMP_NUM_THREADS or the
+# core count). The GEMMs use OpenBLAS's own threads (OPENBLAS_NUM_THREADS).
+_NUM_THREADS = int(os.environ.get("MINISSD_NUM_THREADS", "0") or 0)
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the CPU kernels (im2col, col2im, max-pool, ReLU); 0 restores OpenMP's default."""
+    global _NUM_THREADS
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"set_num_threads: n must be an int >= 0, got {n!r}")
+    _NUM_THREADS = int(n)
+
+
+def get_num_threads() -> int:
+    """Threads the CPU kernels use (1 when minissd._im2col was built without OpenMP)."""
+    return _NUM_THREADS if _NUM_THREADS > 0 else int(_cpu_kernels().openmp_threads())
 
 
 def _cpu_kernels():
@@ -83,7 +101,7 @@ class ReLU(Module):
         if xp is np:
             x = np.ascontiguousarray(x)
             y = x if self.inplace else np.empty_like(x)
-            _cpu_kernels().relu_forward(_flat(x), _flat(y))
+            _cpu_kernels().relu_forward(_flat(x), _flat(y), _NUM_THREADS)
         else:
             y = xp.maximum(x, 0, out=x if self.inplace else None)
         self._y = y
@@ -100,7 +118,7 @@ class ReLU(Module):
         if xp is np:
             dy = np.ascontiguousarray(dy, dtype=y.dtype)
             dx = np.empty_like(y)
-            _cpu_kernels().relu_backward(_flat(y), _flat(dy), _flat(dx))
+            _cpu_kernels().relu_backward(_flat(y), _flat(dy), _flat(dx), _NUM_THREADS)
             return dx
         from .cuda_kernels import relu_backward_gpu
 
@@ -214,7 +232,7 @@ class MaxPool2d(Module):
         argmax = xp.empty((N, C, OH, OW), dtype=np.int32)
         (KH, KW), (SH, SW), (PH, PW) = self.kernel_size, self.stride, self.padding
         if xp is np:
-            _cpu_kernels().maxpool_forward(x, y, argmax, KH, KW, SH, SW, PH, PW)
+            _cpu_kernels().maxpool_forward(x, y, argmax, KH, KW, SH, SW, PH, PW, _NUM_THREADS)
         else:
             from .cuda_kernels import maxpool_forward_gpu
 
@@ -236,7 +254,7 @@ class MaxPool2d(Module):
         dy = xp.ascontiguousarray(dy, dtype=dtype)
         dx = xp.empty(self._x_shape, dtype=dtype)
         if xp is np:
-            _cpu_kernels().maxpool_backward(dy, argmax, dx)
+            _cpu_kernels().maxpool_backward(dy, argmax, dx, _NUM_THREADS)
         else:
             from .cuda_kernels import maxpool_backward_gpu
 
