@@ -325,7 +325,7 @@ class Conv2d(Module):
         self._out_hw = (OH, OW)
         self._col_valid = False
         keep = self.training and N * R * P * x.itemsize <= CACHE_BYTES
-        step = N if keep else self._chunk(N, R, P, x.itemsize)
+        step = max(1, N) if keep else self._chunk(N, R, P, x.itemsize)
         for n0 in range(0, N, step):
             m = min(N, n0 + step) - n0
             if keep:
@@ -359,7 +359,7 @@ class Conv2d(Module):
         dW = self.grads["W"].reshape(F, R)                       # a view: += lands in grads["W"]
         dx = xp.empty_like(x) if self.input_grad else None
         keep = self._col_valid
-        step = N if keep else self._chunk(N, R, P, x.itemsize)
+        step = max(1, N) if keep else self._chunk(N, R, P, x.itemsize)
         db = None
         for n0 in range(0, N, step):
             m = min(N, n0 + step) - n0
@@ -379,7 +379,7 @@ class Conv2d(Module):
                 # the columns are spent: their buffer takes dcol = W2d.T @ dy
                 xp.matmul(W2d.T, dyt, out=col2d)                 # (R, m*P)
                 col2im(col, (m, C, H, Wd), *self._conv_args(), out=dx[n0:n0 + m], rows_first=True)
-        if "b" in self.params:
+        if "b" in self.params and db is not None:
             self.grads["b"] += db
         self._col_valid = False
         self._x = None

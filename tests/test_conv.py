@@ -1,0 +1,352 @@
+"""Conv2d and im2col/col2im: kernels == NumPy twins, col2im is im2col's adjoint, gradients, PyTorch."""
+import numpy as np
+import pytest
+from conftest import requires_torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minissd.backend import to_cpu
+from minissd.nn import Conv2d, col2im, col2im_ref, conv_output_size, im2col, im2col_ref
+from minissd.nn import conv as conv_mod
+from minissd.nn.init import fan_in, he_normal, init_weight, xavier_uniform
+from minissd.testing import check_layer_gradients, directional_check, max_rel_error
+
+# (N, C, H, W, kernel, stride, padding, dilation): SSD's cases (3x3/s1/p1, 3x3/s2/p1 extras, 3x3/s1/p0
+# extras, fc6's dilation 6 with padding 6, 1x1) plus odd and non-square sizes
+GEOMETRIES = [
+    (2, 3, 7, 9, 3, 1, 1, 1),
+    (2, 4, 11, 10, 3, 2, 0, 1),
+    (2, 3, 9, 9, 3, 2, 1, 1),
+    (1, 2, 14, 13, 3, 1, 6, 6),
+    (2, 3, 5, 5, 3, 1, 0, 1),
+    (2, 5, 6, 7, 1, 1, 0, 1),
+    (2, 3, 9, 8, (2, 3), (3, 1), (1, 0), (2, 1)),
+]
+
+
+def _geom_id(g):
+    return "N{}C{}H{}W{}-k{}s{}p{}d{}".format(*g).replace(" ", "")
+
+
+# ---------------------------------------------------------------------------------------------------
+# im2col / col2im kernels
+# ---------------------------------------------------------------------------------------------------
+def test_im2col_ref_by_hand():
+    # x = [[1, 2], [3, 4]], 2x2 kernel, padding 1 -> 3x3 outputs; column (oh, ow) holds the window
+    # x_pad[oh:oh+2, ow:ow+2] flattened; output (0, 0) sees only x[0, 0] = 1 in its bottom-right tap.
+    x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    col = im2col_ref(x, 2, padding=1)
+    assert col.shape == (1, 4, 9)
+    np.testing.assert_array_equal(col[0, :, 0], [0, 0, 0, 1])        # window at (-1, -1)
+    np.testing.assert_array_equal(col[0, :, 4], [1, 2, 3, 4])        # window at (0, 0)
+    np.testing.assert_array_equal(col[0, :, 8], [4, 0, 0, 0])        # window at (1, 1)
+    # every pixel is read by 4 windows, so col2im of all-ones counts 4 everywhere
+    np.testing.assert_array_equal(col2im_ref(np.ones_like(col), x.shape, 2, padding=1), 4 * np.ones_like(x))
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES, ids=_geom_id)
+@pytest.mark.parametrize("rows_first", [False, True])
+def test_cython_kernels_match_reference(geom, rows_first, rng):
+    N, C, H, W, k, s, p, d = geom
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((N, C, H, W)).astype(dtype)
+        ref = im2col_ref(x, k, s, p, d)
+        col = im2col(x, k, s, p, d, rows_first=rows_first)
+        np.testing.assert_array_equal(col, ref.transpose(1, 0, 2) if rows_first else ref)
+        r = rng.standard_normal(col.shape).astype(dtype)
+        r_ref = r.transpose(1, 0, 2) if rows_first else r
+        np.testing.assert_allclose(col2im(r, x.shape, k, s, p, d, rows_first=rows_first),
+                                   col2im_ref(r_ref, x.shape, k, s, p, d), rtol=1e-6 if dtype == np.float32 else 1e-13)
+
+
+@settings(max_examples=60, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 4), H=st.integers(1, 12), W=st.integers(1, 12),
+       kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 3), pw=st.integers(0, 3), dh=st.integers(1, 3), dw=st.integers(1, 3),
+       rows_first=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_kernels_match_reference_and_are_adjoint_property(N, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw,
+                                                          rows_first, seed):
+    args = ((kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    if conv_output_size(H, kh, sh, ph, dh) < 1 or conv_output_size(W, kw, sw, pw, dw) < 1:
+        with pytest.raises(ValueError, match="too small"):
+            im2col(np.zeros((N, C, H, W)), *args)
+        return
+    g = np.random.default_rng(seed)
+    x = g.standard_normal((N, C, H, W))
+    col = im2col(x, *args, rows_first=rows_first)
+    ref = im2col_ref(x, *args)
+    np.testing.assert_array_equal(col, ref.transpose(1, 0, 2) if rows_first else ref)
+    r = g.standard_normal(col.shape)
+    back = col2im(r, x.shape, *args, rows_first=rows_first)
+    np.testing.assert_allclose(back, col2im_ref(r.transpose(1, 0, 2) if rows_first else r, x.shape, *args),
+                               rtol=1e-13, atol=1e-13)
+    # adjoint: <im2col(x), r> == <x, col2im(r)>
+    lhs, rhs = float(np.sum(col * r)), float(np.sum(x * back))
+    assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs))
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES, ids=_geom_id)
+def test_col2im_is_the_adjoint_of_im2col(geom, xp, rng):
+    """<im2col(x), r> == <x, col2im(r)> to 1e-12 in float64, for the reference and the fast kernels."""
+    N, C, H, W, k, s, p, d = geom
+    x = xp.asarray(rng.standard_normal((N, C, H, W)))
+    col = im2col(x, k, s, p, d)
+    r = xp.asarray(rng.standard_normal(col.shape))
+    for lhs, rhs in [
+        (float(xp.sum(col * r)), float(xp.sum(x * col2im(r, x.shape, k, s, p, d)))),
+        (float(np.sum(im2col_ref(to_cpu(x), k, s, p, d) * to_cpu(r))),
+         float(np.sum(to_cpu(x) * col2im_ref(to_cpu(r), x.shape, k, s, p, d)))),
+    ]:
+        assert abs(lhs - rhs) <= 1e-12 * max(1.0, abs(lhs)), (lhs, rhs)
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES, ids=_geom_id)
+@pytest.mark.parametrize("rows_first", [False, True])
+def test_device_kernels_match_reference(geom, rows_first, xp, rng):
+    """Cython on numpy, the CuPy kernels on cupy (runs on a GPU machine), against the NumPy twins."""
+    N, C, H, W, k, s, p, d = geom
+    x = rng.standard_normal((N, C, H, W))
+    ref = im2col_ref(x, k, s, p, d)
+    col = im2col(xp.asarray(x), k, s, p, d, rows_first=rows_first)
+    np.testing.assert_array_equal(to_cpu(col), ref.transpose(1, 0, 2) if rows_first else ref)
+    r = rng.standard_normal(col.shape)
+    back = col2im(xp.asarray(r), x.shape, k, s, p, d, rows_first=rows_first)
+    np.testing.assert_allclose(to_cpu(back), col2im_ref(r.transpose(1, 0, 2) if rows_first else r,
+                                                        x.shape, k, s, p, d), rtol=1e-13, atol=1e-13)
+
+
+def test_kernels_reject_bad_arguments():
+    x = np.zeros((1, 2, 5, 5))
+    with pytest.raises(ValueError, match=r"x must be \(N, C, H, W\)"):
+        im2col(np.zeros((2, 5, 5)), 3)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        im2col(np.zeros((1, 2, 5, 5), dtype=np.int64), 3)
+    with pytest.raises(ValueError, match="too small"):
+        im2col(x, 7)
+    with pytest.raises(ValueError, match="out must be"):
+        im2col(x, 3, out=np.empty((1, 18, 8)))
+    with pytest.raises(ValueError, match="col must have shape"):
+        col2im(np.zeros((1, 18, 8)), x.shape, 3)
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        im2col(x, 3, stride=0)
+    with pytest.raises(ValueError, match="padding must be >= 0"):
+        im2col(x, 3, padding=-1)
+
+
+def test_empty_batch():
+    x = np.zeros((0, 2, 5, 5), dtype=np.float32)
+    assert im2col(x, 3).shape == (0, 18, 9)
+    conv = Conv2d(2, 3, 3, rng=np.random.default_rng(0))
+    y = conv.forward(x)
+    assert y.shape == (0, 3, 3, 3)
+    assert conv.backward(y).shape == x.shape
+
+
+# ---------------------------------------------------------------------------------------------------
+# Conv2d: gradient checks (float64 central differences)
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("geom", GEOMETRIES, ids=_geom_id)
+def test_conv2d_gradients(geom, rng):
+    N, C, H, W, k, s, p, d = geom
+    conv = Conv2d(C, 3, k, stride=s, padding=p, dilation=d, rng=rng).astype(np.float64)
+    conv.params["b"][...] = rng.standard_normal(3)
+    errors = check_layer_gradients(conv, rng.standard_normal((N, C, H, W)), rng)
+    assert set(errors) == {"x", "W", "b"}
+
+
+def test_conv2d_gradients_without_bias_and_in_eval_mode(rng):
+    conv = Conv2d(2, 3, 3, stride=2, padding=1, bias=False, rng=rng).astype(np.float64)
+    assert list(conv.params) == ["W"]
+    conv.eval()                          # eval: columns are not kept, backward unrolls again
+    check_layer_gradients(conv, rng.standard_normal((2, 2, 7, 6)), rng)
+
+
+def test_conv2d_chunked_path_matches_whole_batch(rng, monkeypatch):
+    """Past CACHE_BYTES the batch is unrolled in chunks of images (SSD300 at batch 32): same numbers."""
+    x = rng.standard_normal((5, 3, 9, 8))
+    dy = rng.standard_normal((5, 4, 9, 8))
+    conv = Conv2d(3, 4, 3, padding=1, rng=rng).astype(np.float64)
+    y_whole = conv.forward(x)
+    dx_whole = conv.backward(dy)
+    grads_whole = {k: g.copy() for k, g in conv.grads.items()}
+    conv.zero_grad()
+    one_image = 3 * 9 * 9 * 8 * 8
+    monkeypatch.setattr(conv_mod, "CACHE_BYTES", 0)
+    monkeypatch.setattr(conv_mod, "CHUNK_BYTES", 2 * one_image)  # chunks of 2, 2, 1 images
+    assert conv._chunk(5, 27, 72, 8) == 2
+    np.testing.assert_allclose(conv.forward(x), y_whole, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(conv.backward(dy), dx_whole, rtol=1e-13, atol=1e-13)
+    for key, g in grads_whole.items():
+        np.testing.assert_allclose(conv.grads[key], g, rtol=1e-12, atol=1e-12)
+    check_layer_gradients(conv, rng.standard_normal((3, 3, 6, 5)), rng)
+
+
+def test_conv2d_directional_check_large(rng):
+    """A VGG-sized slice (16 -> 32 channels at 24x24, batch 4): one directional derivative."""
+    conv = Conv2d(16, 32, 3, padding=1, rng=rng).astype(np.float64)
+    x = rng.standard_normal((4, 16, 24, 24))
+    r = rng.standard_normal((4, 32, 24, 24))
+
+    def loss_and_grads():
+        y = conv.forward(x)
+        conv.zero_grad()
+        dx = conv.backward(r)
+        return float(np.sum(y * r)), [dx, conv.grads["W"], conv.grads["b"]]
+
+    analytic, numeric = directional_check(loss_and_grads, [x, conv.params["W"], conv.params["b"]], rng)
+    assert analytic != 0.0
+
+
+def test_backward_accumulates_and_leaves_dy_alone(rng):
+    conv = Conv2d(2, 3, 3, padding=1, rng=rng).astype(np.float64)
+    x = rng.standard_normal((2, 2, 5, 5))
+    dy = rng.standard_normal((2, 3, 5, 5))
+    dy_copy = dy.copy()
+    conv.forward(x)
+    conv.backward(dy)
+    first = conv.grads["W"].copy()
+    conv.forward(x)
+    conv.backward(dy)
+    np.testing.assert_allclose(conv.grads["W"], 2 * first)
+    np.testing.assert_array_equal(dy, dy_copy)
+
+
+def test_input_grad_false_skips_dx_only(rng):
+    x = rng.standard_normal((2, 3, 6, 6))
+    dy = rng.standard_normal((2, 4, 6, 6))
+    a = Conv2d(3, 4, 3, padding=1, rng=np.random.default_rng(1)).astype(np.float64)
+    b = Conv2d(3, 4, 3, padding=1, rng=np.random.default_rng(1), input_grad=False).astype(np.float64)
+    a.forward(x)
+    a.backward(dy)
+    b.forward(x)
+    assert b.backward(dy) is None
+    np.testing.assert_allclose(b.grads["W"], a.grads["W"], rtol=1e-14)
+    np.testing.assert_allclose(b.grads["b"], a.grads["b"], rtol=1e-14)
+
+
+def test_conv2d_on_device(xp, rng):
+    """The same layer on the array's device (CuPy kernels + cuBLAS on a GPU) gives the CPU's numbers."""
+    x = rng.standard_normal((2, 3, 9, 9))
+    dy = rng.standard_normal((2, 4, 5, 5))
+    cpu = Conv2d(3, 4, 3, stride=2, padding=1, dilation=1, rng=np.random.default_rng(2)).astype(np.float64)
+    dev = Conv2d(3, 4, 3, stride=2, padding=1, dilation=1, rng=np.random.default_rng(2)).astype(np.float64)
+    dev.to("cuda" if xp is not np else "cpu")
+    y = dev.forward(xp.asarray(x))
+    dx = dev.backward(xp.asarray(dy))
+    np.testing.assert_allclose(to_cpu(y), cpu.forward(x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_cpu(dx), cpu.backward(dy), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_cpu(dev.grads["W"]), cpu.grads["W"], rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------
+# PyTorch cross-checks (float32)
+# ---------------------------------------------------------------------------------------------------
+def _scaled_err(a, b):
+    """max |a - b| / max |b|: the float32 relative error of a whole tensor."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+@requires_torch
+@pytest.mark.parametrize("geom", GEOMETRIES + [(4, 16, 19, 19, 3, 1, 6, 6), (2, 32, 10, 10, 3, 2, 1, 1)],
+                         ids=_geom_id)
+def test_conv2d_matches_torch_float32(geom, rng):
+    import torch
+    import torch.nn.functional as F
+
+    N, C, H, W, k, s, p, d = geom
+    conv = Conv2d(C, 6, k, stride=s, padding=p, dilation=d, rng=rng)
+    conv.params["b"][...] = rng.standard_normal(6).astype(np.float32)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    y = conv.forward(x)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = conv.backward(dy)
+
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(conv.params["W"], requires_grad=True)
+    bt = torch.tensor(conv.params["b"], requires_grad=True)
+    yt = F.conv2d(xt, wt, bt, stride=conv.stride, padding=conv.padding, dilation=conv.dilation)
+    yt.backward(torch.tensor(dy))
+    assert y.dtype == dx.dtype == np.float32
+    for name, ours, theirs in [("y", y, yt), ("dx", dx, xt.grad), ("dW", conv.grads["W"], wt.grad),
+                               ("db", conv.grads["b"], bt.grad)]:
+        assert _scaled_err(ours, theirs.detach().numpy()) <= 1e-5, name
+
+
+# ---------------------------------------------------------------------------------------------------
+# bad input and construction
+# ---------------------------------------------------------------------------------------------------
+def test_conv2d_rejects_bad_input():
+    conv = Conv2d(3, 4, 3, padding=1, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"Conv2d: input must be 4-D .* got shape \(3, 8, 8\)"):
+        conv.forward(np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match=r"Conv2d: expected 3 input channels .* shape \(2, 5, 8, 8\)"):
+        conv.forward(np.zeros((2, 5, 8, 8), np.float32))
+    with pytest.raises(ValueError, match=r"Conv2d: input dtype must be float32 or float64, got int64"):
+        conv.forward(np.zeros((2, 3, 8, 8), np.int64))
+    with pytest.raises(ValueError, match=r"Conv2d: input dtype float64 .* parameter dtype float32"):
+        conv.forward(np.zeros((2, 3, 8, 8), np.float64))
+    with pytest.raises(ValueError, match="Conv2d: input must be an array"):
+        conv.forward([[1.0]])
+    with pytest.raises(ValueError, match="too small"):
+        Conv2d(3, 4, 5, rng=np.random.default_rng(0)).forward(np.zeros((1, 3, 4, 4), np.float32))
+    conv.forward(np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(ValueError, match=r"dy must have shape \(2, 4, 8, 8\)"):
+        conv.backward(np.zeros((2, 4, 7, 8), np.float32))
+
+
+def test_conv2d_rejects_bad_construction():
+    with pytest.raises(ValueError, match="in_channels must be a positive int"):
+        Conv2d(0, 4, 3)
+    with pytest.raises(ValueError, match="kernel_size must be >= 1"):
+        Conv2d(3, 4, 0)
+    with pytest.raises(ValueError, match="padding must be >= 0"):
+        Conv2d(3, 4, 3, padding=-1)
+    with pytest.raises(ValueError, match="dilation must be an int or a pair"):
+        Conv2d(3, 4, 3, dilation=1.5)
+    with pytest.raises(ValueError, match="init='glorot' is not known"):
+        Conv2d(3, 4, 3, init="glorot")
+
+
+def test_backward_before_forward_is_an_error():
+    with pytest.raises(RuntimeError, match="before forward"):
+        Conv2d(3, 4, 3).backward(np.zeros((1, 4, 1, 1), np.float32))
+
+
+def test_parameter_names_shapes_and_state_dict(rng):
+    conv = Conv2d(3, 8, (3, 5), rng=rng)
+    assert [(n, p.shape) for n, p, _ in conv.named_parameters()] == [("W", (8, 3, 3, 5)), ("b", (8,))]
+    assert conv.params["W"].dtype == np.float32
+    other = Conv2d(3, 8, (3, 5), rng=np.random.default_rng(99))
+    other.load_state_dict(conv.state_dict())
+    np.testing.assert_array_equal(other.params["W"], conv.params["W"])
+    assert "kernel_size=(3, 5)" in repr(conv)
+
+
+# ---------------------------------------------------------------------------------------------------
+# initialisation
+# ---------------------------------------------------------------------------------------------------
+def test_xavier_is_caffes_fan_in_uniform(rng):
+    shape = (256, 64, 3, 3)
+    w = xavier_uniform(shape, rng)
+    bound = np.sqrt(3.0 / (64 * 9))
+    assert fan_in(shape) == 576
+    assert w.dtype == np.float32
+    assert np.abs(w).max() <= bound
+    assert np.abs(w).max() > 0.99 * bound
+    assert abs(w.var() - 1.0 / 576) < 0.03 / 576       # U(-a, a) has variance a^2/3 = 1/fan_in
+
+
+def test_he_is_normal_with_variance_2_over_fan_in(rng):
+    w = he_normal((256, 64, 3, 3), rng, dtype=np.float64)
+    assert abs(w.var() - 2.0 / 576) < 0.03 * 2.0 / 576
+    assert abs(w.mean()) < 1e-3
+
+
+def test_conv2d_init_is_reproducible_and_bias_starts_at_zero():
+    a = Conv2d(3, 4, 3, init="he", rng=np.random.default_rng(5))
+    b = Conv2d(3, 4, 3, init="he", rng=np.random.default_rng(5))
+    np.testing.assert_array_equal(a.params["W"], b.params["W"])
+    assert not a.params["b"].any()
+    with pytest.raises(ValueError, match="not known"):
+        init_weight("zeros", (2, 2), np.random.default_rng(0))

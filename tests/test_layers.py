@@ -1,0 +1,338 @@
+"""ReLU, MaxPool2d, L2Norm: kernels == NumPy twins, float64 gradient checks, PyTorch cross-checks."""
+import numpy as np
+import pytest
+from conftest import requires_torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minissd.backend import to_cpu
+from minissd.nn import Conv2d, L2Norm, MaxPool2d, ReLU, Sequential, pool_output_size
+from minissd.nn import layers as layers_mod
+from minissd.nn.layers import maxpool_backward_ref, maxpool_forward_ref
+from minissd.testing import check_layer_gradients, directional_check
+
+
+def _away_from_zero(rng, shape, margin=0.05):
+    """Normal samples pushed out of (-margin, margin): no ReLU kink within the finite-difference step."""
+    x = rng.standard_normal(shape)
+    return np.where(x >= 0, x + margin, x - margin)
+
+
+def _scaled_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+# ---------------------------------------------------------------------------------------------------
+# ReLU
+# ---------------------------------------------------------------------------------------------------
+def test_relu_by_hand():
+    relu = ReLU()
+    x = np.array([[-2.0, -0.0, 0.0, 3.0, np.nan]])
+    y = relu.forward(x)
+    np.testing.assert_array_equal(y[0, :4], [0, 0, 0, 3])
+    assert np.isnan(y[0, 4])                                   # NaN passes, as in torch.relu
+    dx = relu.backward(np.array([[1.0, 1.0, 1.0, 5.0, 1.0]]))
+    np.testing.assert_array_equal(dx, [[0, 0, 0, 5, 0]])       # subgradient 0 at the kink
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (4, 9), (70001,)])
+def test_relu_gradients(shape, rng):
+    relu = ReLU()
+    if np.prod(shape) > 1000:           # large: one directional derivative instead of every entry
+        x = _away_from_zero(rng, shape)
+        r = rng.standard_normal(shape)
+
+        def loss_and_grads():
+            y = relu.forward(x)
+            return float(np.sum(y * r)), [relu.backward(r)]
+
+        directional_check(loss_and_grads, [x], rng)
+    else:
+        check_layer_gradients(relu, _away_from_zero(rng, shape), rng)
+
+
+def test_relu_inplace_and_dtypes(rng):
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((2, 3, 4, 5)).astype(dtype)
+        expected = np.maximum(x, 0)
+        out = ReLU().forward(x)
+        assert out.dtype == dtype and out is not x
+        np.testing.assert_array_equal(out, expected)
+        y = ReLU(inplace=True).forward(x)
+        assert y is x
+        np.testing.assert_array_equal(x, expected)
+
+
+def test_relu_on_device(xp, rng):
+    x = rng.standard_normal((2, 3, 4, 5))
+    dy = rng.standard_normal(x.shape)
+    relu = ReLU()
+    np.testing.assert_array_equal(to_cpu(relu.forward(xp.asarray(x))), np.maximum(x, 0))
+    np.testing.assert_array_equal(to_cpu(relu.backward(xp.asarray(dy))), dy * (x > 0))
+
+
+@requires_torch
+def test_relu_matches_torch(rng):
+    import torch
+
+    x = rng.standard_normal((2, 8, 9, 9)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    relu = ReLU()
+    y = relu.forward(x)
+    dx = relu.backward(dy)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.relu(xt)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_array_equal(y, yt.detach().numpy())
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
+
+
+def test_relu_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"ReLU: input dtype must be float32 or float64, got int32"):
+        ReLU().forward(np.zeros((2, 3), np.int32))
+    relu = ReLU()
+    relu.forward(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"ReLU.backward: dy must have shape \(2, 3\)"):
+        relu.backward(np.zeros((3, 2)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# MaxPool2d
+# ---------------------------------------------------------------------------------------------------
+# (kernel, stride, padding, ceil_mode, H, W): VGG's 2x2/s2, SSD300's pool3 (ceil_mode on an odd size),
+# pool5 3x3/s1/p1, overlapping 3x3/s2/p1, and odd sizes with ceil_mode
+POOLS = [
+    (2, None, 0, False, 8, 6),
+    (2, 2, 0, False, 9, 7),
+    (2, 2, 0, True, 9, 7),
+    (3, 1, 1, False, 7, 6),
+    (3, 2, 1, True, 9, 8),
+    (3, 3, 0, True, 10, 11),
+    ((2, 3), (1, 2), (1, 1), False, 6, 9),
+]
+
+
+def _pool_id(p):
+    return "k{}s{}p{}c{}-{}x{}".format(*p).replace(" ", "")
+
+
+def test_pool_output_size_matches_ssd300():
+    assert pool_output_size(75, 2, 2, 0, ceil_mode=True) == 38      # pool3: 75 -> 38 (floor gives 37)
+    assert pool_output_size(75, 2, 2, 0, ceil_mode=False) == 37
+    assert pool_output_size(19, 3, 1, 1, ceil_mode=False) == 19     # pool5 keeps 19x19
+    assert pool_output_size(300, 2, 2, 0, ceil_mode=False) == 150
+    # ceil_mode never starts a window in the right padding: (5 + 2 - 2)/2 ceil -> 3, +1 = 4, dropped to 3
+    assert pool_output_size(5, 2, 2, 1, ceil_mode=True) == 3
+
+
+def test_maxpool_by_hand():
+    x = np.array([[[[1.0, 5.0, 2.0],
+                    [3.0, 4.0, 9.0],
+                    [7.0, 0.0, 8.0]]]])
+    pool = MaxPool2d(2, 2, ceil_mode=True)                          # 3x3 -> 2x2, edge windows clipped
+    y = pool.forward(x)
+    np.testing.assert_array_equal(y, [[[[5.0, 9.0], [7.0, 8.0]]]])
+    dx = pool.backward(np.array([[[[1.0, 2.0], [3.0, 4.0]]]]))
+    np.testing.assert_array_equal(dx, [[[[0, 1, 0], [0, 0, 2], [3, 0, 4]]]])
+
+
+@pytest.mark.parametrize("cfg", POOLS, ids=_pool_id)
+def test_maxpool_kernel_matches_reference(cfg, rng):
+    k, s, p, ceil, H, W = cfg
+    pool = MaxPool2d(k, s, p, ceil)
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((2, 3, H, W)).astype(dtype)
+        y = pool.forward(x)
+        y_ref, arg_ref = maxpool_forward_ref(x, pool.kernel_size, pool.stride, pool.padding, ceil)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(pool._argmax, arg_ref)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        np.testing.assert_allclose(pool.backward(dy), maxpool_backward_ref(dy, arg_ref, x.shape), rtol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 2), pw=st.integers(0, 2), ceil=st.booleans(), H=st.integers(1, 11),
+       W=st.integers(1, 11), ties=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_maxpool_kernel_matches_reference_property(kh, kw, sh, sw, ph, pw, ceil, H, W, ties, seed):
+    if 2 * ph > kh or 2 * pw > kw:
+        with pytest.raises(ValueError, match="at most half"):
+            MaxPool2d((kh, kw), (sh, sw), (ph, pw), ceil)
+        return
+    pool = MaxPool2d((kh, kw), (sh, sw), (ph, pw), ceil)
+    g = np.random.default_rng(seed)
+    x = g.standard_normal((2, 2, H, W))
+    if ties:
+        x = np.round(x)                 # many equal values: the first maximum must win in both
+    _, _, OH, OW = pool.output_shape(x.shape)
+    if OH < 1 or OW < 1:
+        with pytest.raises(ValueError, match="smaller than the kernel"):
+            pool.forward(x)
+        return
+    y = pool.forward(x)
+    y_ref, arg_ref = maxpool_forward_ref(x, (kh, kw), (sh, sw), (ph, pw), ceil)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(pool._argmax, arg_ref)
+    dy = g.standard_normal(y.shape)
+    np.testing.assert_allclose(pool.backward(dy), maxpool_backward_ref(dy, arg_ref, x.shape),
+                               rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("cfg", POOLS, ids=_pool_id)
+def test_maxpool_gradients(cfg, rng):
+    k, s, p, ceil, H, W = cfg
+    # distinct values a grid step apart: no two entries of a window within the finite-difference step
+    x = rng.permutation(2 * 2 * H * W).reshape(2, 2, H, W) * 0.01
+    check_layer_gradients(MaxPool2d(k, s, p, ceil), x.astype(np.float64), rng)
+
+
+@pytest.mark.parametrize("cfg", POOLS, ids=_pool_id)
+def test_maxpool_on_device(cfg, xp, rng):
+    k, s, p, ceil, H, W = cfg
+    x = rng.standard_normal((2, 3, H, W))
+    dy_shape = MaxPool2d(k, s, p, ceil).output_shape(x.shape)
+    dy = rng.standard_normal(dy_shape)
+    cpu, dev = MaxPool2d(k, s, p, ceil), MaxPool2d(k, s, p, ceil)
+    np.testing.assert_array_equal(to_cpu(dev.forward(xp.asarray(x))), cpu.forward(x))
+    np.testing.assert_allclose(to_cpu(dev.backward(xp.asarray(dy))), cpu.backward(dy), rtol=1e-13, atol=1e-13)
+
+
+@requires_torch
+@pytest.mark.parametrize("cfg", POOLS + [(2, 2, 0, True, 75, 75)], ids=_pool_id)
+def test_maxpool_matches_torch(cfg, rng):
+    import torch
+    import torch.nn.functional as F
+
+    k, s, p, ceil, H, W = cfg
+    pool = MaxPool2d(k, s, p, ceil)
+    for ties in (False, True):
+        x = rng.standard_normal((2, 4, H, W)).astype(np.float32)
+        if ties:
+            x = np.round(x)
+        y = pool.forward(x)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dx = pool.backward(dy)
+        xt = torch.tensor(x, requires_grad=True)
+        yt = F.max_pool2d(xt, pool.kernel_size, pool.stride, pool.padding, ceil_mode=ceil)
+        yt.backward(torch.tensor(dy))
+        np.testing.assert_array_equal(y, yt.detach().numpy())
+        assert _scaled_err(dx, xt.grad.numpy()) <= 1e-6
+
+
+def test_maxpool_rejects_bad_input():
+    pool = MaxPool2d(2)
+    with pytest.raises(ValueError, match=r"MaxPool2d: input must be 4-D .* got shape \(3, 4\)"):
+        pool.forward(np.zeros((3, 4), np.float32))
+    with pytest.raises(ValueError, match=r"MaxPool2d: input dtype must be float32 or float64, got uint8"):
+        pool.forward(np.zeros((1, 3, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"smaller than the kernel"):
+        MaxPool2d(3).forward(np.zeros((1, 1, 2, 2)))
+    with pytest.raises(ValueError, match="padding .* at most half"):
+        MaxPool2d(2, padding=2)
+    pool.forward(np.zeros((1, 1, 4, 4)))
+    with pytest.raises(ValueError, match=r"dy must have shape \(1, 1, 2, 2\)"):
+        pool.backward(np.zeros((1, 1, 4, 4)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# L2Norm
+# ---------------------------------------------------------------------------------------------------
+def test_l2norm_by_hand():
+    # one pixel with channels (3, 4): norm 5, so y = 20 * (3/5, 4/5) = (12, 16), up to eps = 1e-10
+    # inside the root: 20 * 3 / sqrt(25 + 1e-10) = 12 * (1 - 2e-12)
+    layer = L2Norm(2).astype(np.float64)
+    y = layer.forward(np.array([3.0, 4.0]).reshape(1, 2, 1, 1))
+    np.testing.assert_allclose(y.ravel(), [12.0, 16.0], rtol=1e-11)
+    np.testing.assert_allclose(y.ravel(), [12.0 - 24e-12, 16.0 - 32e-12], rtol=1e-14)
+    assert layer.params["weight"].shape == (2,)
+
+
+def test_l2norm_gradients(rng):
+    layer = L2Norm(5, scale=3.0).astype(np.float64)
+    layer.params["weight"][...] = rng.uniform(0.5, 2.0, 5)
+    errors = check_layer_gradients(layer, rng.standard_normal((2, 5, 3, 4)), rng)
+    assert set(errors) == {"x", "weight"}
+
+
+def test_l2norm_on_device(xp, rng):
+    x = rng.standard_normal((2, 4, 3, 3))
+    dy = rng.standard_normal(x.shape)
+    cpu, dev = L2Norm(4).astype(np.float64), L2Norm(4).astype(np.float64)
+    dev.to("cuda" if xp is not np else "cpu")
+    np.testing.assert_allclose(to_cpu(dev.forward(xp.asarray(x))), cpu.forward(x), rtol=1e-12)
+    np.testing.assert_allclose(to_cpu(dev.backward(xp.asarray(dy))), cpu.backward(dy), rtol=1e-12)
+    np.testing.assert_allclose(to_cpu(dev.grads["weight"]), cpu.grads["weight"], rtol=1e-12)
+
+
+@requires_torch
+def test_l2norm_matches_torch(rng):
+    """Against ParseNet/SSD's Normalize layer written in torch (eps inside the square root, as Caffe)."""
+    import torch
+
+    layer = L2Norm(16, scale=20.0, eps=1e-10)
+    layer.params["weight"][...] = rng.uniform(10, 30, 16).astype(np.float32)
+    x = rng.standard_normal((2, 16, 6, 5)).astype(np.float32)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dy)
+
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(layer.params["weight"], requires_grad=True)
+    yt = xt / torch.sqrt(xt.pow(2).sum(dim=1, keepdim=True) + 1e-10) * wt.view(1, -1, 1, 1)
+    yt.backward(torch.tensor(dy))
+    for name, ours, theirs in [("y", y, yt), ("dx", dx, xt.grad), ("dweight", layer.grads["weight"], wt.grad)]:
+        assert _scaled_err(ours, theirs.detach().numpy()) <= 1e-5, name
+
+
+def test_l2norm_rejects_bad_input():
+    layer = L2Norm(4)
+    with pytest.raises(ValueError, match=r"L2Norm: expected 4 input channels .* shape \(1, 3, 2, 2\)"):
+        layer.forward(np.zeros((1, 3, 2, 2), np.float32))
+    with pytest.raises(ValueError, match=r"L2Norm: input must be 4-D"):
+        layer.forward(np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match=r"L2Norm: input dtype float64 .* parameter dtype float32"):
+        layer.forward(np.zeros((1, 4, 2, 2), np.float64))
+    with pytest.raises(ValueError, match="channels must be a positive int"):
+        L2Norm(0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the layers together
+# ---------------------------------------------------------------------------------------------------
+def test_small_network_directional_check(rng):
+    """conv-relu-pool-conv-L2Norm with SSD's odd corners (ceil_mode, dilation, stride 2) end to end."""
+    net = Sequential([
+        ("conv1", Conv2d(3, 8, 3, padding=1, rng=rng)),
+        ("relu1", ReLU()),
+        ("pool1", MaxPool2d(2, 2, ceil_mode=True)),
+        ("conv2", Conv2d(8, 8, 3, padding=2, dilation=2, rng=rng)),
+        ("relu2", ReLU(inplace=True)),
+        ("norm", L2Norm(8)),
+        ("conv3", Conv2d(8, 4, 3, stride=2, padding=1, rng=rng)),
+    ]).astype(np.float64)
+    x = rng.standard_normal((2, 3, 15, 13))
+    r = rng.standard_normal(net.forward(x).shape)
+    params = [p for _, p, _ in net.named_parameters()]
+
+    def loss_and_grads():
+        y = net.forward(x)
+        net.zero_grad()
+        dx = net.backward(r)
+        return float(np.sum(y * r)), [dx] + [g for _, _, g in net.named_parameters()]
+
+    directional_check(loss_and_grads, [x] + params, rng)
+
+
+def test_set_num_threads(rng):
+    x = rng.standard_normal((2, 3, 8, 8))
+    before = MaxPool2d(2).forward(x)
+    old = layers_mod._NUM_THREADS
+    try:
+        layers_mod.set_num_threads(1)
+        assert layers_mod.get_num_threads() == 1
+        np.testing.assert_array_equal(MaxPool2d(2).forward(x), before)
+        with pytest.raises(ValueError, match="n must be an int >= 0"):
+            layers_mod.set_num_threads(-1)
+    finally:
+        layers_mod.set_num_threads(old)
