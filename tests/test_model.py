@@ -291,6 +291,22 @@ def test_backward_accumulates_until_zero_grad_and_leaves_its_inputs_alone(rng):
     assert all(not g.any() for _, _, g in model.named_parameters())
 
 
+def test_input_grad_off_skips_dx_and_changes_no_parameter_gradient(rng):
+    model = build_model("small", 5, rng)
+    x = rng.standard_normal((1, 3, 128, 128)).astype(np.float32)
+    loc, conf = model.forward(x)
+    d_loc, d_conf = np.ones_like(loc), np.ones_like(conf)
+    model.zero_grad()
+    assert model.backward(d_loc, d_conf) is not None
+    with_dx = {n: g.copy() for n, _, g in model.named_parameters()}
+    model.input_grad = False
+    model.forward(x)
+    model.zero_grad()
+    assert model.backward(d_loc, d_conf) is None
+    for n, _, g in model.named_parameters():
+        np.testing.assert_array_equal(g, with_dx[n])
+
+
 def test_initialisation_follows_the_config(rng):
     model = build_model("small", 5, rng)
     w1 = model.trunk["conv4"].params["W"]                # He: N(0, 2 / fan_in), fan_in = 64 * 9

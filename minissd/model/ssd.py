@@ -127,6 +127,22 @@ class SSD(Module):
         return priors
 
     @property
+    def input_grad(self) -> bool:
+        """Whether `backward` computes dL/dx for the image (default True).
+
+        Training never uses it; ``model.input_grad = False`` lets the first convolution skip a GEMM
+        and a col2im per step, and `backward` then returns None.
+        """
+        return self._first_conv().input_grad
+
+    @input_grad.setter
+    def input_grad(self, value: bool) -> None:
+        self._first_conv().input_grad = bool(value)
+
+    def _first_conv(self) -> Conv2d:
+        return next(m for m in self.trunk if isinstance(m, Conv2d))
+
+    @property
     def dtype(self):
         return self.loc.children[self.source_names[0]].params["W"].dtype
 
@@ -194,7 +210,7 @@ class SSD(Module):
 
         Returns
         -------
-        dx : (N, 3, S, S) dL/dx.
+        dx : (N, 3, S, S) dL/dx, or None when ``input_grad`` is False.
         """
         if self._cache is None:
             raise ValueError("SSD.backward called before forward (or after the cache was cleared)")
