@@ -110,23 +110,23 @@ def test_state_dict_gives_exact_resume(rng):
     net_b = _model(np.random.default_rng(1))
     net_b.load_state_dict({k: v.copy() for k, v in net_a.state_dict().items()})
     opt_a = SGD(net_a, lr=0.05, groups=CAFFE_GROUPS)
-    grads = [np.random.default_rng(i) for i in range(8)]
-    for g in grads[:4]:
-        _fake_grads(net_a, g)
+    seeds = list(range(8))
+    for seed in seeds[:4]:
+        _fake_grads(net_a, np.random.default_rng(seed))
         opt_a.step()
     saved = dict(opt_a.state_dict())
     saved["buffers"] = {n: b.copy() for n, b in saved["buffers"].items()}   # state_dict does not copy
     params = {k: v.copy() for k, v in net_a.state_dict().items()}
-    for g in grads[4:]:
-        _fake_grads(net_a, g)
+    for seed in seeds[4:]:
+        _fake_grads(net_a, np.random.default_rng(seed))
         opt_a.step()
     # resume from the snapshot in another model/optimiser
     net_b.load_state_dict(params)
     opt_b = SGD(net_b, lr=1.0, groups=CAFFE_GROUPS)
     opt_b.load_state_dict(saved)
     assert opt_b.lr == 0.05 and opt_b.iteration == 4
-    for g in grads[4:]:
-        _fake_grads(net_b, g)
+    for seed in seeds[4:]:
+        _fake_grads(net_b, np.random.default_rng(seed))
         opt_b.step()
     for (n, pa, _), (_, pb, _) in zip(net_a.named_parameters(), net_b.named_parameters()):
         np.testing.assert_array_equal(pa, pb, err_msg=n)
