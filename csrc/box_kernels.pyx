@@ -233,7 +233,8 @@ def match_batch(const double[:, ::1] priors, const double[:, ::1] soa, const Py_
                         gbest[j] = 0.0
                         gbest_p[j] = -1
                         cnt = _overlapping(soa, order, group_col, group_area, col_start, col_x1, col_x2,
-                                           grouped, assign, threshold, gt[g0 + j, 0], gt[g0 + j, 1], gt[g0 + j, 2], gt[g0 + j, 3],
+                                           grouped, assign, threshold,
+                                           gt[g0 + j, 0], gt[g0 + j, 1], gt[g0 + j, 2], gt[g0 + j, 3],
                                            &hit_k[0], &hit_v[0])
                         for i in range(cnt):
                             v = hit_v[i]

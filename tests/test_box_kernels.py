@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from conftest import gpu
 from minissd._ext import load_extension
-from minissd.boxes import (batched_detect, batched_detect_ref, cxcywh_to_xyxy, encode, iou, iou_ref, match,
-                           match_batch, match_ref, nms, nms_ref, xyxy_to_cxcywh)
+from minissd.boxes import (batched_detect, batched_detect_ref, encode, iou, iou_ref, match, match_batch,
+                           match_ref, nms, nms_ref, xyxy_to_cxcywh)
 from minissd.boxes import ops
 from minissd.boxes.gpu import nms_bitmask_ref
 from minissd.priors import make_priors

@@ -57,7 +57,7 @@ def _as_real_array(x, name, xp=np):
 
 def _check_finite(x, name, xp=np):
     if x.size and not bool(xp.all(xp.isfinite(x))):
-        bad = int(xp.argmin(xp.isfinite(x).reshape(-1)))
+        bad = int(xp.argmin(xp.isfinite(x).reshape(-1).astype(np.int8)))  # first False
         raise ValueError(f"{name} contains NaN or inf (flat index {bad})")
 
 
@@ -68,7 +68,7 @@ def _check_corners(x, name, xp=np, positive=False):
     wh = x[..., 2:] - x[..., :2]
     ok = (wh > 0) if positive else (wh >= 0)
     if not bool(xp.all(ok)):
-        bad = np.unravel_index(int(xp.argmin(xp.all(ok, axis=-1).reshape(-1))), x.shape[:-1])
+        bad = np.unravel_index(int(xp.argmin(xp.all(ok, axis=-1).reshape(-1).astype(np.int8))), x.shape[:-1])
         box = to_cpu(x[bad]).tolist()
         bad = bad[0] if len(bad) == 1 else tuple(int(i) for i in bad)
         if positive:
