@@ -73,13 +73,14 @@ def test_colour_does_not_give_the_class_away():
     assert np.all(np.abs(means - 127.5) < 35), means
 
 
-@pytest.mark.parametrize("index", range(12))
+@pytest.mark.parametrize("index", range(16))
 def test_boxes_are_the_drawn_extent_and_shapes_have_their_area(index):
     # One object, no noise: the pixels that differ from the background (rebuilt from the same
     # Generator state) are the object; their bounding box is the labelled box to within a pixel, and
     # the filled fraction of the box identifies the class.
     rng = np.random.default_rng([99, index])
-    image, boxes, labels = draw_image(np.random.default_rng([99, index]), 128, 1, 1, 0.15, 0.8, 0.45, (0.0, 0.0))
+    image, boxes, labels = draw_image(np.random.default_rng([99, index]), 128, 1, 1, 0.15, 0.8, 0.45, (0.0, 0.0),
+                                      triangle_orientations=4 if index % 2 else 1)
     background, _ = _background(rng, 128)  # (3, S, S)
     diff = np.abs(image.astype(float) - background.transpose(1, 2, 0)).max(-1)
     mask = diff > 25
@@ -105,6 +106,27 @@ def test_every_labelled_object_stays_visible():
     assert (fractions < 0.95).mean() > 0.05  # occlusion does happen
 
 
+def test_triangles_point_up_unless_asked_otherwise():
+    def apex_rows(orientations):
+        # An upright triangle is narrow near the top of its box and wide near the bottom.
+        ratios = []
+        for i in range(60):
+            image, boxes, labels = draw_image(np.random.default_rng([7, i]), 128, 1, 1, 0.3, 0.6, 0.45, (0.0, 0.0),
+                                              triangle_orientations=orientations)
+            if labels[0] != 3:
+                continue
+            background, _ = _background(np.random.default_rng([7, i]), 128)
+            mask = np.abs(image.astype(float) - background.transpose(1, 2, 0)).max(-1) > 25
+            x1, y1, x2, y2 = np.round(boxes[0]).astype(int)
+            top, bottom = mask[y1 + 2, x1:x2].sum(), mask[y2 - 3, x1:x2].sum()
+            ratios.append(top < bottom)
+        return np.array(ratios)
+
+    assert apex_rows(1).all()
+    four = apex_rows(4)
+    assert 0.1 < four.mean() < 0.9  # other orientations appear
+
+
 def test_open_dataset_shapes():
     ds = open_dataset("shapes", split="val", size=64, seed=2)
     assert isinstance(ds, ShapesDataset) and ds.size == 64 and ds.split == "val" and ds.seed == 2
@@ -113,7 +135,8 @@ def test_open_dataset_shapes():
 @pytest.mark.parametrize("kwargs, word", [({"split": "dev"}, "split"), ({"size": 8}, "size"),
                                           ({"count": -1}, "count"), ({"min_scale": 0.0}, "min_scale"),
                                           ({"max_objects": 0}, "max_objects"),
-                                          ({"max_occlusion": 1.0}, "max_occlusion")])
+                                          ({"max_occlusion": 1.0}, "max_occlusion"),
+                                          ({"triangle_orientations": 3}, "triangle_orientations")])
 def test_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):
         ShapesDataset(**kwargs)

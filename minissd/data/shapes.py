@@ -3,8 +3,8 @@
 Four classes that differ in shape only -- ``circle``, ``square``, ``triangle``, ``cross`` -- in random
 colours (colour never gives the class away), 1 to 6 objects per image, from a tenth of the image side
 to most of it, overlapping and occluding each other, on textured and noisy backgrounds. Circles and
-squares are defined by their 1:1 aspect; triangles (pointing up, down, left or right) and crosses
-are stretched to aspect ratios in [1/2, 2]. Every object lies fully inside the image and its box is
+squares are defined by their 1:1 aspect; triangles (apex up; ``triangle_orientations=4`` also points
+them down, left and right) and crosses are stretched to aspect ratios in [1/2, 2]. Every object lies fully inside the image and its box is
 the full extent of the shape, also where another object hides part of it; an object is never hidden
 by more than ``max_occlusion`` (default 45 %) of its area, so every label can be seen.
 
@@ -55,6 +55,8 @@ class ShapesDataset:
     min_scale, max_scale : object size sqrt(w h) as a fraction of the image side, log-uniform
         (default 0.1 .. 0.8).
     max_occlusion : largest fraction of an object's area that later objects may hide.
+    triangle_orientations : 1 (apex up, default), 2 (up or down) or 4 (also left or right). Four
+        orientations make triangles a four-shape class, which a small model learns markedly slower.
     noise : (low, high) standard deviation of the per-pixel noise, in grey levels.
 
     ``get(i)`` returns a `Sample` with pixel ``xyxy`` float32 boxes and labels in 1..4
@@ -65,7 +67,8 @@ class ShapesDataset:
 
     def __init__(self, split: str = "train", size: int = 128, seed: int = 0, count: int | None = None,
                  min_objects: int = 1, max_objects: int = 6, min_scale: float = 0.1,
-                 max_scale: float = 0.8, max_occlusion: float = 0.45, noise=(2.0, 10.0)):
+                 max_scale: float = 0.8, max_occlusion: float = 0.45, noise=(2.0, 10.0),
+                 triangle_orientations: int = 1):
         if split not in SPLIT_IDS:
             raise ValueError(f"split: expected one of {sorted(SPLIT_IDS)}, got {split!r}")
         if int(size) != size or size < 16:
@@ -80,6 +83,8 @@ class ShapesDataset:
             raise ValueError(f"min_scale, max_scale: need 0 < min <= max <= 1, got {min_scale}, {max_scale}")
         if not 0 <= max_occlusion < 1:
             raise ValueError(f"max_occlusion: expected a fraction in [0, 1), got {max_occlusion}")
+        if triangle_orientations not in (1, 2, 4):
+            raise ValueError(f"triangle_orientations: expected 1, 2 or 4, got {triangle_orientations!r}")
         self.split = split
         self.size = int(size)
         self.seed = int(seed)
@@ -88,6 +93,7 @@ class ShapesDataset:
         self.min_scale, self.max_scale = float(min_scale), float(max_scale)
         self.max_occlusion = float(max_occlusion)
         self.noise = (float(noise[0]), float(noise[1]))
+        self.triangle_orientations = int(triangle_orientations)
 
     def __len__(self) -> int:
         return self.count
@@ -104,7 +110,8 @@ class ShapesDataset:
             raise IndexError(f"i: index {i} out of range for {self!r}")
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split], int(i)])
         image, boxes, labels = draw_image(rng, self.size, self.min_objects, self.max_objects, self.min_scale,
-                                          self.max_scale, self.max_occlusion, self.noise)
+                                          self.max_scale, self.max_occlusion, self.noise,
+                                          triangle_orientations=self.triangle_orientations)
         return Sample(image, boxes, labels, np.zeros(len(labels), bool), self.image_id(i))
 
     __getitem__ = get
@@ -221,7 +228,8 @@ def _pick_colour(rng, bg_colours, used, min_bg: float = 90.0, min_obj: float = 7
 
 
 def draw_image(rng, size: int = 128, min_objects: int = 1, max_objects: int = 6, min_scale: float = 0.1,
-               max_scale: float = 0.8, max_occlusion: float = 0.45, noise=(2.0, 10.0), return_visible=False):
+               max_scale: float = 0.8, max_occlusion: float = 0.45, noise=(2.0, 10.0), return_visible=False,
+               triangle_orientations: int = 1):
     """Draw one image from ``rng``.
 
     Returns
@@ -241,7 +249,7 @@ def draw_image(rng, size: int = 128, min_objects: int = 1, max_objects: int = 6,
     for _ in range(n_wanted):
         cls = int(rng.integers(len(CLASS_NAMES)))
         shape = CLASS_NAMES[cls]
-        orient = int(rng.integers(4))
+        orient = int(rng.integers(4)) % triangle_orientations  # 0 up, 1 down, 2 left, 3 right
         arm = float(rng.uniform(0.3, 0.42))
         for _attempt in range(6):
             s = float(np.exp(rng.uniform(log_lo, log_hi)))
