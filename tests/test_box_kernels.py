@@ -290,3 +290,19 @@ def test_gpu_iou_coder_and_match_equal_cpu():
     np.testing.assert_array_equal(cp.asnumpy(M), Mc)
     np.testing.assert_allclose(cp.asnumpy(encode(cp.asarray(Mc), cp.asarray(priors))), encode(Mc, priors),
                                atol=1e-12)
+
+
+def test_prior_index_cache_follows_the_priors(rng):
+    # match_batch caches its index of the last priors; a changed set of priors must not reuse it.
+    gt = random_boxes(rng, 6, False, positive=True)
+    labels = np.arange(1, 7)
+    a = make_priors("small")
+    b = a.copy()
+    b[:, :2] = 1 - b[:, :2]                     # same shapes, mirrored centres
+    for priors in (a, b, a, make_priors("ssd300"), b):
+        got = match(priors, gt, labels)
+        want = match_ref(priors, gt, labels)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    b[0, 0] += 1e-3                             # edited in place: still noticed
+    np.testing.assert_array_equal(match(b, gt, labels)[1], match_ref(b, gt, labels)[1])
