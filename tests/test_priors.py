@@ -112,14 +112,33 @@ def test_row_major_locations():
     np.testing.assert_allclose(p[5776], [8 / 300, 8 / 300, 60 / 300, 60 / 300], atol=1e-15)
 
 
-def test_small_config_covers_6_to_90_percent():
+def test_small_config_covers_9_to_90_percent():
     cfg = PRIOR_CONFIGS["small"]
     p = make_priors(cfg)
     assert cfg.image_size == 128 and cfg.feature_maps == (16, 8, 4, 2, 1)
+    assert cfg.min_sizes == (16, 32, 56, 88, 112) and cfg.max_sizes == (32, 56, 88, 112, 128)
     sides = np.minimum(p[:, 2], p[:, 3])
-    assert sides.min() <= 0.06                       # 10 px / sqrt(2) = 7.07 px = 5.5 %
+    assert sides.min() == pytest.approx(16 / math.sqrt(2) / 128)    # 11.3 px = 8.8 % of the image
     ratio1 = p[np.isclose(p[:, 2], p[:, 3]), 2]
-    assert ratio1.max() >= 0.9                        # sqrt(108 * 128) = 117.6 px = 91.9 %
+    assert ratio1.max() == pytest.approx(math.sqrt(112 * 128) / 128)  # 119.7 px = 93.5 %
+
+
+def test_small_config_covers_the_shapes_dataset():
+    # The reason for the small config's sizes: nearly every object of the built-in data has a default box
+    # with IoU >= 0.5 (objects there are 10 %..80 % of the image side).
+    from minissd.boxes import cxcywh_to_xyxy, iou
+    from minissd.data import ShapesDataset
+
+    ds = ShapesDataset("train")
+    priors_xyxy = cxcywh_to_xyxy(make_priors("small"))
+    best = []
+    for i in range(60):
+        s = ds.get(i)
+        h, w = s.image.shape[:2]
+        if len(s.boxes):
+            best.append(iou(priors_xyxy, s.boxes / np.array([w, h, w, h])).max(axis=0))
+    best = np.concatenate(best)
+    assert (best < 0.5).mean() < 0.10
 
 
 def test_eq4_linear_scales():
