@@ -3,33 +3,21 @@
 
 Every kernel writes into arrays it is handed; the Python wrappers in minissd/nn/conv.py and
 minissd/nn/layers.py validate shapes, dtypes and contiguity first, so nothing here checks bounds.
-Loops run without the GIL and, when the module is built with OpenMP (setup.py adds -fopenmp where the
-compiler accepts it), in parallel over independent rows or planes; without OpenMP `prange` is a plain
-loop and the results are the same bit for bit (each output element is written by one iteration, and
-col2im sums its contributions in a fixed order).
+Each kernel is a loop over independent jobs (rows of the column matrix, or (n, c) planes) that runs
+without the GIL; ``start``/``stop`` select a range of jobs so that the wrappers can hand disjoint
+ranges to their worker threads (minissd.nn.layers.parallel_for). Every output element is written by
+exactly one job, and col2im sums its contributions in a fixed order, so the results do not depend on
+how the jobs are split.
 
 Layout (docs/ARCHITECTURE.md): ``col`` is (N, C*KH*KW, OH*OW); row ``(c*KH + kh)*KW + kw`` holds, for
 every output pixel ``(oh, ow)``, the input value ``x[n, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW]``
 (zero outside the image). The NumPy twins are minissd.nn.conv.im2col_ref / col2im_ref.
 """
 from cython cimport floating
-from cython.parallel cimport prange
 from libc.string cimport memset
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int minissd_omp_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    static int minissd_omp_max_threads(void) { return 1; }
-    #endif
-    """
-    int minissd_omp_max_threads() nogil
-
-
-# Element-wise loops in plain C: written so that gcc -O3 if-converts and vectorises them (a Cython
-# `if` inside prange compiles to a branch, which random signs mispredict half the time).
+# Element-wise loops in plain C, written so that gcc -O3 if-converts and vectorises them (a Cython
+# `if` inside a loop compiles to a branch, which random signs mispredict half the time).
 cdef extern from *:
     """
     #define MINISSD_KERNELS(T, S)                                                                \
@@ -68,9 +56,6 @@ cdef extern from *:
     void minissd_pool2_f(const float* x, float* y, int* am, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW) nogil
     void minissd_pool2_d(const double* x, double* y, int* am, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW) nogil
 
-# element-wise loops are split into blocks of this many elements, one block per parallel iteration
-cdef enum:
-    _BLOCK = 65536
 
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -78,13 +63,6 @@ cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     if a <= 0:
         return -((-a) // b)
     return (a + b - 1) // b
-
-
-cdef inline int _threads(int requested) noexcept nogil:
-    """``requested`` threads, or OpenMP's default when it is 0 or less."""
-    if requested > 0:
-        return requested
-    return minissd_omp_max_threads()
 
 
 cdef inline Py_ssize_t _clamp(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
@@ -98,7 +76,7 @@ cdef inline Py_ssize_t _clamp(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) noexce
 def im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] col,
            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
            Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW, bint rows_first=False,
-           int num_threads=0):
+           Py_ssize_t start=0, Py_ssize_t stop=-1):
     """Fill ``col`` from ``x`` (N, C, H, W).
 
     ``col`` is (N, C*KH*KW, OH*OW), or (C*KH*KW, N, OH*OW) when ``rows_first`` (the layout in which
@@ -115,43 +93,44 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] col,
     cdef const floating* src
     # one job = one (image, row) pair, numbered in memory order of col in either layout, so job j
     # writes the P contiguous values at base + j*P: independent, sequential writes
-    for job in prange(N * R, nogil=True, schedule="static", num_threads=_threads(num_threads)):
-        if rows_first:
-            row = job // N
-            n = job - row * N
-        else:
-            n = job // R
-            row = job - n * R
-        c = row // (KH * KW)
-        kh = (row // KW) % KH
-        kw = row % KW
-        # output columns whose input column lies inside [0, W): the rest are zero padding
-        lo = _clamp(_ceil_div(PW - kw * DW, SW), 0, OW)
-        hi = _clamp(_ceil_div(W + PW - kw * DW, SW), lo, OW)
-        for oh in range(OH):
-            dst = base + job * P + oh * OW
-            ih = oh * SH - PH + kh * DH
-            if ih < 0 or ih >= H:
-                memset(dst, 0, OW * sizeof(floating))
-                continue
-            src = &x[n, c, ih, 0]
-            iw0 = kw * DW - PW
-            if lo > 0:
-                memset(dst, 0, lo * sizeof(floating))
-            if SW == 1:
-                for ow in range(lo, hi):
-                    dst[ow] = src[ow + iw0]
+    with nogil:
+        for job in range(start, stop if stop >= 0 else N * R):
+            if rows_first:
+                row = job // N
+                n = job - row * N
             else:
-                for ow in range(lo, hi):
-                    dst[ow] = src[ow * SW + iw0]
-            if hi < OW:
-                memset(dst + hi, 0, (OW - hi) * sizeof(floating))
+                n = job // R
+                row = job - n * R
+            c = row // (KH * KW)
+            kh = (row // KW) % KH
+            kw = row % KW
+            # output columns whose input column lies inside [0, W): the rest are zero padding
+            lo = _clamp(_ceil_div(PW - kw * DW, SW), 0, OW)
+            hi = _clamp(_ceil_div(W + PW - kw * DW, SW), lo, OW)
+            for oh in range(OH):
+                dst = base + job * P + oh * OW
+                ih = oh * SH - PH + kh * DH
+                if ih < 0 or ih >= H:
+                    memset(dst, 0, OW * sizeof(floating))
+                    continue
+                src = &x[n, c, ih, 0]
+                iw0 = kw * DW - PW
+                if lo > 0:
+                    memset(dst, 0, lo * sizeof(floating))
+                if SW == 1:
+                    for ow in range(lo, hi):
+                        dst[ow] = src[ow + iw0]
+                else:
+                    for ow in range(lo, hi):
+                        dst[ow] = src[ow * SW + iw0]
+                if hi < OW:
+                    memset(dst + hi, 0, (OW - hi) * sizeof(floating))
 
 
 def col2im(const floating[:, :, ::1] col, floating[:, :, :, ::1] dx,
            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
            Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW, bint rows_first=False,
-           int num_threads=0):
+           Py_ssize_t start=0, Py_ssize_t stop=-1):
     """Overwrite ``dx`` (N, C, H, W) with the adjoint of im2col applied to ``col`` (either layout).
 
     Each (n, c) plane is owned by one iteration, which zeroes it and then adds the KH*KW rows of
@@ -166,37 +145,38 @@ def col2im(const floating[:, :, ::1] col, floating[:, :, :, ::1] dx,
     cdef const floating* rowp
     cdef floating* dst
     cdef const floating* src
-    for job in prange(N * C, nogil=True, schedule="static", num_threads=_threads(num_threads)):
-        n = job // C
-        c = job - n * C
-        memset(&dx[n, c, 0, 0], 0, H * W * sizeof(floating))
-        for kh in range(KH):
-            for kw in range(KW):
-                row = (c * KH + kh) * KW + kw
-                if rows_first:
-                    rowp = base + (row * N + n) * P
-                else:
-                    rowp = base + (n * R + row) * P
-                lo = _clamp(_ceil_div(PW - kw * DW, SW), 0, OW)
-                hi = _clamp(_ceil_div(W + PW - kw * DW, SW), lo, OW)
-                iw0 = kw * DW - PW
-                for oh in range(OH):
-                    ih = oh * SH - PH + kh * DH
-                    if ih < 0 or ih >= H:
-                        continue
-                    dst = &dx[n, c, ih, 0]
-                    src = rowp + oh * OW
-                    if SW == 1:
-                        for ow in range(lo, hi):
-                            dst[ow + iw0] += src[ow]
+    with nogil:
+        for job in range(start, stop if stop >= 0 else N * C):
+            n = job // C
+            c = job - n * C
+            memset(&dx[n, c, 0, 0], 0, H * W * sizeof(floating))
+            for kh in range(KH):
+                for kw in range(KW):
+                    row = (c * KH + kh) * KW + kw
+                    if rows_first:
+                        rowp = base + (row * N + n) * P
                     else:
-                        for ow in range(lo, hi):
-                            dst[ow * SW + iw0] += src[ow]
+                        rowp = base + (n * R + row) * P
+                    lo = _clamp(_ceil_div(PW - kw * DW, SW), 0, OW)
+                    hi = _clamp(_ceil_div(W + PW - kw * DW, SW), lo, OW)
+                    iw0 = kw * DW - PW
+                    for oh in range(OH):
+                        ih = oh * SH - PH + kh * DH
+                        if ih < 0 or ih >= H:
+                            continue
+                        dst = &dx[n, c, ih, 0]
+                        src = rowp + oh * OW
+                        if SW == 1:
+                            for ow in range(lo, hi):
+                                dst[ow + iw0] += src[ow]
+                        else:
+                            for ow in range(lo, hi):
+                                dst[ow * SW + iw0] += src[ow]
 
 
 def maxpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, int[:, :, :, ::1] argmax,
                     Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
-                    Py_ssize_t PH, Py_ssize_t PW, int num_threads=0):
+                    Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t start=0, Py_ssize_t stop=-1):
     """y[n, c, oh, ow] = max of the window; argmax holds its flat index ih*W + iw in the plane.
 
     Padding counts as -inf (as in PyTorch and Caffe), so a window is clipped to the image; the caller
@@ -210,93 +190,81 @@ def maxpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, in
     cdef const floating* plane
     cdef bint simple = (KH == 2 and KW == 2 and SH == 2 and SW == 2 and PH == 0 and PW == 0
                         and 2 * OH <= H and 2 * OW <= W)
-    for job in prange(N * C, nogil=True, schedule="static", num_threads=_threads(num_threads)):
-        n = job // C
-        c = job - n * C
-        plane = &x[n, c, 0, 0]
-        if simple:
-            # the 2x2/s2 case of every VGG stage: four loads, no window bookkeeping, no branches
-            if floating is float:
-                minissd_pool2_f(plane, &y[n, c, 0, 0], &argmax[n, c, 0, 0], W, OH, OW)
-            else:
-                minissd_pool2_d(plane, &y[n, c, 0, 0], &argmax[n, c, 0, 0], W, OH, OW)
-            continue
-        for oh in range(OH):
-            hs = oh * SH - PH
-            he = hs + KH
-            if he > H:
-                he = H
-            if hs < 0:
-                hs = 0
-            for ow in range(OW):
-                ws = ow * SW - PW
-                we = ws + KW
-                if we > W:
-                    we = W
-                if ws < 0:
-                    ws = 0
-                best_i = hs * W + ws
-                best = plane[best_i]
-                for ih in range(hs, he):
-                    for iw in range(ws, we):
-                        v = plane[ih * W + iw]
-                        if v > best or v != v:
-                            best = v
-                            best_i = ih * W + iw
-                y[n, c, oh, ow] = best
-                argmax[n, c, oh, ow] = <int>best_i
+    with nogil:
+        for job in range(start, stop if stop >= 0 else N * C):
+            n = job // C
+            c = job - n * C
+            plane = &x[n, c, 0, 0]
+            if simple:
+                # the 2x2/s2 case of every VGG stage: four loads, no window bookkeeping, no branches
+                if floating is float:
+                    minissd_pool2_f(plane, &y[n, c, 0, 0], &argmax[n, c, 0, 0], W, OH, OW)
+                else:
+                    minissd_pool2_d(plane, &y[n, c, 0, 0], &argmax[n, c, 0, 0], W, OH, OW)
+                continue
+            for oh in range(OH):
+                hs = oh * SH - PH
+                he = hs + KH
+                if he > H:
+                    he = H
+                if hs < 0:
+                    hs = 0
+                for ow in range(OW):
+                    ws = ow * SW - PW
+                    we = ws + KW
+                    if we > W:
+                        we = W
+                    if ws < 0:
+                        ws = 0
+                    best_i = hs * W + ws
+                    best = plane[best_i]
+                    for ih in range(hs, he):
+                        for iw in range(ws, we):
+                            v = plane[ih * W + iw]
+                            if v > best or v != v:
+                                best = v
+                                best_i = ih * W + iw
+                    y[n, c, oh, ow] = best
+                    argmax[n, c, oh, ow] = <int>best_i
 
 
 def maxpool_backward(const floating[:, :, :, ::1] dy, const int[:, :, :, ::1] argmax,
-                     floating[:, :, :, ::1] dx, int num_threads=0):
+                     floating[:, :, :, ::1] dx, Py_ssize_t start=0, Py_ssize_t stop=-1):
     """Overwrite dx with zeros plus dy routed to each window's argmax (summed where windows overlap)."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
     cdef Py_ssize_t job, n, c, oh, ow
     cdef floating* plane
-    for job in prange(N * C, nogil=True, schedule="static", num_threads=_threads(num_threads)):
-        n = job // C
-        c = job - n * C
-        plane = &dx[n, c, 0, 0]
-        memset(plane, 0, H * W * sizeof(floating))
-        for oh in range(OH):
-            for ow in range(OW):
-                plane[argmax[n, c, oh, ow]] += dy[n, c, oh, ow]
+    with nogil:
+        for job in range(start, stop if stop >= 0 else N * C):
+            n = job // C
+            c = job - n * C
+            plane = &dx[n, c, 0, 0]
+            memset(plane, 0, H * W * sizeof(floating))
+            for oh in range(OH):
+                for ow in range(OW):
+                    plane[argmax[n, c, oh, ow]] += dy[n, c, oh, ow]
 
 
-def relu_forward(const floating[::1] x, floating[::1] y, int num_threads=0):
+def relu_forward(const floating[::1] x, floating[::1] y):
     """y = max(x, 0) element-wise (NaN passes through, as in np.maximum and torch.relu); y may be x."""
     cdef Py_ssize_t n = x.shape[0]
-    cdef Py_ssize_t blk, lo, nblk = (n + _BLOCK - 1) // _BLOCK
     if n == 0:
         return
-    cdef const floating* xs = &x[0]
-    cdef floating* ys = &y[0]
-    for blk in prange(nblk, nogil=True, schedule="static", num_threads=_threads(num_threads)):
-        lo = blk * _BLOCK
+    with nogil:
         if floating is float:
-            minissd_relu_fwd_f(xs + lo, ys + lo, min(n - lo, _BLOCK))
+            minissd_relu_fwd_f(&x[0], &y[0], n)
         else:
-            minissd_relu_fwd_d(xs + lo, ys + lo, min(n - lo, _BLOCK))
+            minissd_relu_fwd_d(&x[0], &y[0], n)
 
 
-def relu_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx, int num_threads=0):
+def relu_backward(const floating[::1] y, const floating[::1] dy, floating[::1] dx):
     """dx = dy where y > 0, else 0 (the subgradient 0 at the kink, as in PyTorch)."""
     cdef Py_ssize_t n = y.shape[0]
-    cdef Py_ssize_t blk, lo, nblk = (n + _BLOCK - 1) // _BLOCK
     if n == 0:
         return
-    cdef const floating* ys = &y[0]
-    cdef const floating* dys = &dy[0]
-    cdef floating* dxs = &dx[0]
-    for blk in prange(nblk, nogil=True, schedule="static", num_threads=_threads(num_threads)):
-        lo = blk * _BLOCK
+    with nogil:
         if floating is float:
-            minissd_relu_bwd_f(ys + lo, dys + lo, dxs + lo, min(n - lo, _BLOCK))
+            minissd_relu_bwd_f(&y[0], &dy[0], &dx[0], n)
         else:
-            minissd_relu_bwd_d(ys + lo, dys + lo, dxs + lo, min(n - lo, _BLOCK))
-
-
-def openmp_threads():
-    """How many threads the parallel loops use (1 when the module was built without OpenMP)."""
-    return minissd_omp_max_threads()
+            minissd_relu_bwd_d(&y[0], &dy[0], &dx[0], n)

@@ -324,15 +324,46 @@ def test_small_network_directional_check(rng):
     directional_check(loss_and_grads, [x] + params, rng)
 
 
-def test_set_num_threads(rng):
-    x = rng.standard_normal((2, 3, 8, 8))
-    before = MaxPool2d(2).forward(x)
-    old = layers_mod._NUM_THREADS
+def test_thread_count_does_not_change_results(rng):
+    """The CPU layers split work into per-thread ranges; 1 thread and 3 threads agree."""
+    x = rng.standard_normal((3, 4, 21, 20))
+    conv, pool, relu = Conv2d(4, 5, 3, padding=1, rng=rng).astype(np.float64), MaxPool2d(2), ReLU()
+    dy = rng.standard_normal((3, 5, 10, 10))
+
+    def run():
+        conv.zero_grad()
+        y = pool.forward(relu.forward(conv.forward(x)))
+        dx = conv.backward(relu.backward(pool.backward(dy)))
+        return [y, dx, conv.grads["W"].copy(), conv.grads["b"].copy()]
+
+    old = layers_mod.get_num_threads()
     try:
         layers_mod.set_num_threads(1)
         assert layers_mod.get_num_threads() == 1
-        np.testing.assert_array_equal(MaxPool2d(2).forward(x), before)
-        with pytest.raises(ValueError, match="n must be an int >= 0"):
-            layers_mod.set_num_threads(-1)
+        one = run()
+        layers_mod.set_num_threads(3)
+        many = run()
     finally:
         layers_mod.set_num_threads(old)
+    for a, b in zip(one, many):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="n must be an int >= 0"):
+        layers_mod.set_num_threads(-1)
+
+
+def test_parallel_for_covers_the_range_once():
+    hits = np.zeros(1000, dtype=int)
+
+    def job(a, b):
+        hits[a:b] += 1
+
+    old = layers_mod.get_num_threads()
+    try:
+        layers_mod.set_num_threads(4)
+        layers_mod.parallel_for(1000, job, grain=10)
+        assert layers_mod.parallel_sum(1000, lambda a, b: b - a) == 1000
+        with pytest.raises(ZeroDivisionError):
+            layers_mod.parallel_for(1000, lambda a, b: 1 / 0)
+    finally:
+        layers_mod.set_num_threads(old)
+    assert (hits == 1).all()

@@ -31,8 +31,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .init import init_weight
-from . import layers as _layers
-from .layers import check_input
+from .layers import check_input, parallel_for, parallel_sum
 from .module import Module
 
 # Column buffers above this many bytes are not kept from forward to backward: backward unrolls the
@@ -182,8 +181,10 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None, rows_first
         return out
     x = xp.ascontiguousarray(x)
     if xp is np:
-        _cpu_kernels().im2col(x, out, KH, KW, SH, SW, PH, PW, DH, DW, bool(rows_first),
-                              _layers._NUM_THREADS)
+        k, rf = _cpu_kernels(), bool(rows_first)
+        # jobs: one per (image, row) of the column matrix, each OH*OW values
+        parallel_for(N * C * KH * KW, lambda a, b: k.im2col(x, out, KH, KW, SH, SW, PH, PW, DH, DW, rf, a, b),
+                     grain=max(1, (1 << 15) // (OH * OW)))
     else:
         from .cuda_kernels import im2col_gpu
 
@@ -214,13 +215,48 @@ def col2im(col, x_shape, kernel_size, stride=1, padding=0, dilation=1, out=None,
         return out
     col = xp.ascontiguousarray(col)
     if xp is np:
-        _cpu_kernels().col2im(col, out, KH, KW, SH, SW, PH, PW, DH, DW, bool(rows_first),
-                              _layers._NUM_THREADS)
+        k, rf = _cpu_kernels(), bool(rows_first)
+        # jobs: one per (image, channel) plane of dx
+        parallel_for(N * C, lambda a, b: k.col2im(col, out, KH, KW, SH, SW, PH, PW, DH, DW, rf, a, b),
+                     grain=max(1, (1 << 15) // (KH * KW * OH * OW)))
     else:
         from .cuda_kernels import col2im_gpu
 
         col2im_gpu(col, out, (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW), rows_first)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# GEMMs and copies split across the CPU threads (minissd.nn.layers.parallel_for); one call on the GPU.
+# --------------------------------------------------------------------------------------------------
+_GEMM_GRAIN = 1 << 21       # multiply-adds per thread below which splitting costs more than it saves
+
+
+def _gemm(A, B, out):
+    """out = A @ B for 2-D arrays; on the CPU the columns of B are split across threads."""
+    if get_array_module(B) is not np:
+        return get_array_module(B).matmul(A, B, out=out)
+    grain = max(1, _GEMM_GRAIN // max(1, A.shape[0] * A.shape[1]))
+    parallel_for(B.shape[1], lambda a, b: np.matmul(A, B[:, a:b], out=out[:, a:b]), grain=grain)
+    return out
+
+
+def _gemm_nt(A, B):
+    """A @ B.T for A (F, K), B (R, K) with K long; on the CPU K is split and the parts summed in order."""
+    if get_array_module(B) is not np:
+        return A @ B.T
+    grain = max(1, _GEMM_GRAIN // max(1, A.shape[0] * B.shape[0]))
+    return parallel_sum(A.shape[1], lambda a, b: A[:, a:b] @ B[:, a:b].T, grain=grain)
+
+
+def _copy_images(dst, src_fn, count, per_image):
+    """dst[a:b] = src_fn(a, b) for image ranges, split across threads on the CPU."""
+    if get_array_module(dst) is not np:
+        dst[...] = src_fn(0, count)
+        return
+    def job(a, b):
+        dst[a:b] = src_fn(a, b)
+    parallel_for(count, job, grain=max(1, (1 << 16) // max(1, per_image)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -334,12 +370,12 @@ class Conv2d(Module):
                 col = _scratch(xp, "col", (R, m, P), x.dtype)
             im2col(x[n0:n0 + m], *self._conv_args(), out=col, rows_first=True)
             yt = _scratch(xp, "y", (F, m * P), x.dtype)
-            xp.matmul(W2d, col.reshape(R, m * P), out=yt)         # (F, m*P)
-            yt = yt.reshape(F, m, P).transpose(1, 0, 2)           # (m, F, P) view
-            if b is not None:
-                xp.add(yt, b, out=y[n0:n0 + m])
+            _gemm(W2d, col.reshape(R, m * P), yt)                 # (F, m*P)
+            yt = yt.reshape(F, m, P)
+            if b is not None:                                     # (F, a:b, P) -> (a:b, F, P), + bias
+                _copy_images(y[n0:n0 + m], lambda a, c: yt[:, a:c].transpose(1, 0, 2) + b, m, F * P)
             else:
-                y[n0:n0 + m] = yt
+                _copy_images(y[n0:n0 + m], lambda a, c: yt[:, a:c].transpose(1, 0, 2), m, F * P)
         self._col_valid = keep
         return y.reshape(N, F, OH, OW)
 
@@ -370,14 +406,15 @@ class Conv2d(Module):
                 im2col(x[n0:n0 + m], *self._conv_args(), out=col, rows_first=True)
             col2d = col.reshape(R, m * P)
             dyt = _scratch(xp, "y", (F, m, P), x.dtype)
-            dyt[...] = dy[n0:n0 + m].transpose(1, 0, 2)          # (F, m, P)
+            dyt_images = dyt.transpose(1, 0, 2)                  # (m, F, P) view of (F, m, P)
+            _copy_images(dyt_images, lambda a, c: dy[n0 + a:n0 + c], m, F * P)
             dyt = dyt.reshape(F, m * P)
             part = dyt.sum(axis=1)
             db = part if db is None else db + part
-            dW += dyt @ col2d.T                                  # (F, m*P) @ (m*P, R)
+            dW += _gemm_nt(dyt, col2d)                           # (F, m*P) @ (m*P, R)
             if dx is not None:
                 # the columns are spent: their buffer takes dcol = W2d.T @ dy
-                xp.matmul(W2d.T, dyt, out=col2d)                 # (R, m*P)
+                _gemm(W2d.T, dyt, col2d)                         # (R, m*P)
                 col2im(col, (m, C, H, Wd), *self._conv_args(), out=dx[n0:n0 + m], rows_first=True)
         if "b" in self.params and db is not None:
             self.grads["b"] += db
