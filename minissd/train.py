@@ -32,6 +32,7 @@ import numpy as np
 
 from .backend import DeviceError, get_array_module, resolve_device, synchronize, to_cpu, to_device
 from .checkpoint import CheckpointError, load_checkpoint
+from .loss import MultiBoxLoss, NonFiniteError
 
 # Exit codes: 0 done, 1 error, 2 bad command line (argparse), 3 non-finite loss, 130 Ctrl-C.
 EXIT_NONFINITE = 3
@@ -74,7 +75,7 @@ DEFAULTS = OrderedDict(
     augment="ssd",
     crop_min_scale=None,
     max_expand=None,
-    max_minutes=9.0,
+    max_minutes=9.5,
     stop_at=None,
     progress="auto",
 )
@@ -179,8 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int,
                    help=f"seeds the weights, the shuffling and the augmentation (default: {d['seed']})")
     g.add_argument("--max-minutes", type=float, metavar="M",
-                   help="stop training after M minutes of this session (then evaluate and save as "
-                        f"usual; --resume continues); 0 means no limit (default: {d['max_minutes']})")
+                   help="time budget of this session, final evaluation included: training stops early "
+                        "when the time left would not cover the final validation and test passes "
+                        "(estimated from the evaluations so far), then the run ends as usual and "
+                        f"--resume can continue it; 0 means no limit (default: {d['max_minutes']})")
 
     g = p.add_argument_group("run directory and logging")
     g.add_argument("--out", metavar="DIR",
@@ -326,13 +329,11 @@ def _flatten(prefix: str, state, arrays: dict):
         return {str(k): _flatten(f"{prefix}/{k}", v, arrays) for k, v in state.items()}
     if isinstance(state, (list, tuple)):
         return [_flatten(f"{prefix}/{i}", v, arrays) for i, v in enumerate(state)]
-    if hasattr(state, "shape") and hasattr(state, "dtype"):
-        if getattr(state, "ndim", 1) == 0 and not hasattr(state, "__array_namespace__"):
-            return state.item()
+    if isinstance(state, np.generic):          # NumPy scalars: plain JSON numbers
+        return state.item()
+    if hasattr(state, "shape") and hasattr(state, "dtype"):   # NumPy or CuPy arrays, 0-d included
         arrays[prefix] = to_cpu(state)
         return {"__array__": prefix}
-    if isinstance(state, (np.integer, np.floating, np.bool_)):
-        return state.item()
     return state
 
 
@@ -663,7 +664,6 @@ class Trainer:
     # -- setup -------------------------------------------------------------------------------
     def _setup(self):
         from .data import DataLoader
-        from .loss import MultiBoxLoss
         from .optim import SGD
 
         c = self.c
@@ -683,9 +683,9 @@ class Trainer:
         self.model.to(self.device)
         self.model.train()
         self.optimizer = SGD(self.model, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"],
-                             groups=bias_groups())
+                             groups="caffe")   # biases: lr x2, no weight decay
         self.schedule = make_schedule(c, self.total)
-        self.loss_fn = MultiBoxLoss(neg_pos_ratio=c["neg_pos_ratio"])
+        self.loss_fn = MultiBoxLoss(neg_pos_ratio=c["neg_pos_ratio"])  # checks its inputs are finite
         self.transform = make_train_transform(c, self.model)
         if len(self.train_ds) < c["batch_size"]:
             raise ValueError(f"--batch-size {c['batch_size']} is larger than the training set "
@@ -757,6 +757,7 @@ class Trainer:
         self.progress = progress
         window = {"n": 0, "images": 0, "t": time.perf_counter(), "loss": 0.0, "conf": 0.0, "loc": 0.0}
         self.train_images, self.train_time = 0, 0.0
+        self.eval_images, self.eval_time = 0, 0.0
         iteration = start
         last_saved = start
         stream = self.loader.batches()
@@ -782,9 +783,7 @@ class Trainer:
                     try:
                         parts = self.loss_fn.forward(loc, conf, loc_t, labels)
                         bad = not math.isfinite(parts.total)
-                    except ValueError as err:  # NonFiniteError: NaN/inf in the network outputs
-                        if "nan" not in str(err).lower() and "inf" not in str(err).lower():
-                            raise
+                    except NonFiniteError:  # NaN/inf already in the network outputs
                         parts, bad = None, True
                     if bad:
                         progress.close()
@@ -844,9 +843,11 @@ class Trainer:
                         print(f"stopped after iteration {iteration} of {total} (--stop-at); resume with: "
                               f"python -m minissd.train --resume {self.run_dir}", flush=True)
                         return 0
-                    if deadline is not None and time.perf_counter() > deadline and iteration < total:
-                        progress.write(f"--max-minutes {c['max_minutes']} reached: training stops at iteration "
-                                       f"{iteration} of {total} (--resume {self.run_dir} continues it)")
+                    if (deadline is not None and iteration < total
+                            and time.perf_counter() + self._final_cost_estimate() > deadline):
+                        progress.write(f"--max-minutes {c['max_minutes']}: training stops at iteration "
+                                       f"{iteration} of {total} to leave time for the final evaluation "
+                                       f"(--resume {self.run_dir} continues it)")
                         self.total = total = iteration
                         break
         except KeyboardInterrupt:
@@ -861,6 +862,19 @@ class Trainer:
         self.final_iteration = iteration
         self._checkpoint(iteration)
         return None
+
+    def _final_cost_estimate(self) -> float:
+        """Seconds the end of the run will take: final val + test passes, figures, checkpoints."""
+        n = 8  # detections.png
+        if self.val_ds is not None:
+            n += len(self.val_ds)
+        if self.test_ds is not None:
+            n += len(self.test_ds)
+        if self.eval_images:
+            rate = self.eval_images / max(self.eval_time, 1e-9)
+        else:  # no evaluation yet: inference costs about a third of a training step per image
+            rate = 3.0 * self.train_images / max(self.train_time, 1e-9) if self.train_images else 1e9
+        return n / max(rate, 1e-9) + 10.0
 
     def _checkpoint(self, iteration):
         t = time.perf_counter()
@@ -912,6 +926,8 @@ class Trainer:
         dt = time.perf_counter() - t
         if result is None:
             return None
+        self.eval_images += len(dataset)
+        self.eval_time += dt
         rec = {"iteration": iteration, "split": split, "map": result["map07"],
                "map_area": result["map_area"], "eval_s": round(dt, 2),
                "ap": {self.class_names[k - 1]: v for k, v in sorted(result["ap07"].items())}}
@@ -1025,11 +1041,6 @@ def _result_json(result, class_names):
         "ap_area": {class_names[k - 1]: v for k, v in sorted(result["ap_area"].items())},
         "num_images": result["num_images"],
     }
-
-
-def bias_groups():
-    """Caffe's SSD recipe: biases learn at twice the rate and get no weight decay."""
-    return {(lambda name: name.endswith(".b") or name == "b"): {"lr_mult": 2.0, "decay_mult": 0.0}}
 
 
 def _close_stream(stream):

@@ -1,0 +1,219 @@
+"""The training command in-process: exact resume, Ctrl-C, NaN handling, the run directory.
+
+Runs are tiny (a few images of the shapes dataset, batch 4, a handful of iterations) so the file
+stays fast; tests/test_cli.py drives the same code through subprocesses.
+"""
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from minissd import train
+from minissd.checkpoint import load_checkpoint
+
+TINY = ["--train-limit", "6", "--batch-size", "2", "--val-dataset", "none", "--test-dataset", "none",
+        "--eval-every", "0", "--warmup", "2", "--lr", "0.01", "--log-every", "1", "--progress", "none",
+        "--max-minutes", "0"]
+
+
+def run(tmp_path, name, *args):
+    out = str(tmp_path / name)
+    code = train.main([*TINY, "--out", out, *args])
+    return code, out
+
+
+def arrays_of(path):
+    arrays, meta = load_checkpoint(path)
+    return arrays, meta
+
+
+def assert_bitwise_equal(a, b):
+    assert sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        assert np.array_equal(a[k], b[k]), f"{k} differs (max abs diff {np.abs(a[k] - b[k]).max()})"
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """4 uninterrupted iterations with one loader worker (the default path)."""
+    tmp = tmp_path_factory.mktemp("ref")
+    code = train.main([*TINY, "--out", str(tmp / "ref"), "--iterations", "4", "--num-workers", "1"])
+    assert code == 0
+    return str(tmp / "ref")
+
+
+def test_resume_is_bitwise_exact(tmp_path, reference_run):
+    # 2 iterations, stop (as if interrupted), then resume to 4: same weights, momentum and loader
+    # position as the uninterrupted run, bit for bit. With 6 images in batches of 2 the resumed
+    # part also crosses into the second epoch (a new shuffle).
+    code, out = run(tmp_path, "split", "--iterations", "4", "--num-workers", "1", "--stop-at", "2")
+    assert code == 0
+    _, meta = arrays_of(os.path.join(out, "last.npz"))
+    assert meta["iteration"] == 2
+    assert train.main(["--resume", out, "--progress", "none"]) == 0
+    ref, ref_meta = arrays_of(os.path.join(reference_run, "last.npz"))
+    got, got_meta = arrays_of(os.path.join(out, "last.npz"))
+    assert got_meta["iteration"] == ref_meta["iteration"] == 4
+    assert any(k.startswith("optim/") for k in got), "the optimizer state must be in the checkpoint"
+    assert_bitwise_equal(ref, got)
+    assert got_meta["loader"] == ref_meta["loader"]
+    # The metrics log of the resumed run is the uninterrupted run's log (same losses, same iterations).
+    losses = [[r["loss"] for r in train._read_jsonl(os.path.join(d, "metrics.jsonl")) if "loss" in r]
+              for d in (reference_run, out)]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
+
+
+def test_resume_differs_from_a_fresh_start(tmp_path, reference_run):
+    # The equality above is not vacuous: 3 more iterations from scratch are not the resumed run.
+    code, out = run(tmp_path, "three", "--iterations", "3", "--num-workers", "1")
+    assert code == 0
+    ref, _ = arrays_of(os.path.join(reference_run, "last.npz"))
+    got, _ = arrays_of(os.path.join(out, "last.npz"))
+    assert not np.array_equal(ref["conf.conv4.W"], got["conf.conv4.W"])
+
+
+def test_ctrl_c_saves_and_resume_matches(tmp_path, reference_run, monkeypatch):
+    # A SIGINT during iteration 2 finishes that step, saves, exits 130; --resume ends where the
+    # uninterrupted run ends.
+    from minissd.loss import MultiBoxLoss
+
+    calls = {"n": 0}
+    forward = MultiBoxLoss.forward
+
+    def interrupting_forward(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(MultiBoxLoss, "forward", interrupting_forward)
+    code, out = run(tmp_path, "intr", "--iterations", "4", "--num-workers", "1")
+    assert code == train.EXIT_INTERRUPTED
+    _, meta = arrays_of(os.path.join(out, "last.npz"))
+    assert meta["iteration"] == 2
+    monkeypatch.setattr(MultiBoxLoss, "forward", forward)
+    assert train.main(["--resume", out, "--progress", "none"]) == 0
+    ref, _ = arrays_of(os.path.join(reference_run, "last.npz"))
+    got, _ = arrays_of(os.path.join(out, "last.npz"))
+    assert_bitwise_equal(ref, got)
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    from minissd.loss import LossParts, MultiBoxLoss
+
+    calls = {"n": 0}
+    forward = MultiBoxLoss.forward
+
+    def nan_at_4(self, *a, **k):
+        calls["n"] += 1
+        parts = forward(self, *a, **k)
+        return LossParts(float("nan"), parts.conf, float("nan"), parts.num_pos) if calls["n"] == 4 else parts
+
+    monkeypatch.setattr(MultiBoxLoss, "forward", nan_at_4)
+    code, out = run(tmp_path, "nan", "--iterations", "5", "--num-workers", "0", "--checkpoint-every", "2")
+    assert code == train.EXIT_NONFINITE
+    err = capsys.readouterr().err
+    assert "iteration 4" in err and "--lr" in err
+    record = json.load(open(os.path.join(out, "nonfinite_batch.json")))
+    assert record["iteration"] == 4
+    assert len(record["image_ids"]) == 2 and all(i.startswith("train_") for i in record["image_ids"])
+    arrays, meta = arrays_of(os.path.join(out, "last.npz"))
+    assert meta["iteration"] == 2
+    assert all(np.isfinite(a).all() for k, a in arrays.items() if a.dtype.kind == "f")
+
+
+def test_run_directory_contents(tmp_path):
+    out = str(tmp_path / "full")
+    code = train.main(["--train-limit", "4", "--batch-size", "2", "--iterations", "4", "--warmup", "1", "--lr", "0.01",
+                       "--val-limit", "2", "--test-limit", "2", "--eval-every", "2", "--progress", "none",
+                       "--num-workers", "0", "--out", out])
+    assert code == 0
+    for name in ("config.json", "metrics.jsonl", "last.npz", "best.npz", "curves.png", "detections.png",
+                 "results.json"):
+        assert os.path.exists(os.path.join(out, name)), name
+    config = json.load(open(os.path.join(out, "config.json")))
+    # Resolved: every option is there, with the defaults filled in.
+    assert set(train.DEFAULTS) <= set(config)
+    assert config["val_dataset"] == "shapes:val" and config["test_dataset"] == "shapes:test"
+    assert config["device"] == "cpu"
+    records = train._read_jsonl(os.path.join(out, "metrics.jsonl"))
+    evals = [r for r in records if r.get("split") == "val"]
+    assert [r["iteration"] for r in evals] == [2, 4]
+    assert [r["iteration"] for r in records if r.get("split") == "test"] == [4]
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert 0.0 <= results["test"]["map07"] <= 1.0
+    assert set(results["test"]["ap07"]) == {"circle", "square", "triangle", "cross"}
+
+
+def test_last_line_is_the_test_map(tmp_path, capsys):
+    out = str(tmp_path / "last")
+    assert train.main(["--train-limit", "2", "--batch-size", "2", "--iterations", "1", "--lr", "0.01", "--test-limit", "2",
+                       "--val-dataset", "none", "--progress", "none", "--num-workers", "0",
+                       "--out", out]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("test mAP@0.5: ")
+    value = float(lines[-1].split(": ")[1])
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert value == pytest.approx(results["test"]["map07"], abs=5e-4)
+
+
+def test_help_explains_every_option(capsys):
+    parser = train.build_parser()
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and len(action.help) > 15, action.option_strings
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for opt in ("--dataset", "--model", "--device", "--iterations", "--epochs", "--batch-size", "--lr",
+                "--schedule", "--match", "--seed", "--out", "--resume"):
+        assert opt in text
+
+
+def test_bad_options_are_reported(tmp_path, capsys):
+    assert train.main(["--lr", "-1", "--out", str(tmp_path / "a")]) == 1
+    assert "--lr" in capsys.readouterr().err
+    assert train.main(["--milestones", "300,100", "--out", str(tmp_path / "b")]) == 1
+    assert "--milestones" in capsys.readouterr().err
+    assert train.main(["--device", "tpu", "--out", str(tmp_path / "c")]) == 1
+    assert "tpu" in capsys.readouterr().err
+    assert train.main(["--resume", str(tmp_path / "nowhere")]) == 1
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_resume_refuses_to_change_the_recipe(tmp_path, reference_run, capsys):
+    assert train.main(["--resume", reference_run, "--batch-size", "8"]) == 1
+    assert "--batch-size cannot change" in capsys.readouterr().err
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path, reference_run, capsys):
+    assert train.main([*TINY, "--out", reference_run, "--iterations", "1"]) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_state_flatten_round_trip():
+    state = {"step": 3, "lr": 0.5, "buffers": {"a.W": np.arange(6.0).reshape(2, 3), "b": np.zeros(2)},
+             "order": [np.array([3, 1, 2]), 7], "name": "x", "none": None}
+    arrays = {}
+    skeleton = train._flatten("optim", state, arrays)
+    json.dumps(skeleton)  # the skeleton goes into JSON metadata
+    back = train._unflatten(skeleton, arrays)
+    assert back["step"] == 3 and back["lr"] == 0.5 and back["name"] == "x" and back["none"] is None
+    assert np.array_equal(back["buffers"]["a.W"], state["buffers"]["a.W"])
+    assert np.array_equal(back["order"][0], state["order"][0]) and back["order"][1] == 7
+    assert set(arrays) == {"optim/buffers/a.W", "optim/buffers/b", "optim/order/0"}
+
+
+def test_format_ap_table():
+    result = {"ap07": {1: 1.0, 2: 0.5}, "ap_area": {1: 1.0, 2: 0.25}, "num_gt": {1: 3, 2: 2},
+              "map07": 0.75, "map_area": 0.625}
+    text = train.format_ap_table(result, ["circle", "square"], "title")
+    lines = text.splitlines()
+    assert lines[0] == "title"
+    assert lines[2].split() == ["circle", "3", "1.000", "1.000"]
+    assert lines[3].split() == ["square", "2", "0.500", "0.250"]
+    assert lines[4].split() == ["mean", "5", "0.750", "0.625"]
