@@ -22,7 +22,7 @@ def _parse():
     ap.add_argument("--quick", action="store_true", help="a few shapes, 3 repeats")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="threads for OpenBLAS, minissd's kernels and torch (default: all cores)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per shape (default 5, quick 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per shape (default 3)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--only", choices=["vgg", "small"], default=None, help="one table only")
     return ap.parse_args()
@@ -147,7 +147,7 @@ def main(args) -> int:
         return 2
     torch.set_num_threads(args.threads)
     set_num_threads(args.threads)
-    repeats = args.repeats or (3 if args.quick else 5)
+    repeats = args.repeats or 3
     import platform
 
     print(f"minissd Conv2d vs torch.nn.functional.conv2d, forward + backward (dx, dW, db), float32, "

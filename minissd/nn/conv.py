@@ -254,8 +254,10 @@ def _copy_images(dst, src_fn, count, per_image):
     if get_array_module(dst) is not np:
         dst[...] = src_fn(0, count)
         return
+
     def job(a, b):
         dst[a:b] = src_fn(a, b)
+
     parallel_for(count, job, grain=max(1, (1 << 16) // max(1, per_image)))
 
 
@@ -302,8 +304,8 @@ class Conv2d(Module):
         self.add_param("W", init_weight(init, shape, rng, dtype))
         if bias:
             self.add_param("b", np.zeros(self.out_channels, dtype=dtype))
-        self._x = None          # input kept for backward when the columns are not kept
-        self._col = None        # (N, C*KH*KW, OH*OW) columns of the last forward, when kept
+        self._x = None          # input of the last forward (backward unrolls it again if needed)
+        self._col = None        # this layer's column buffer, rows first: (C*KH*KW, N, OH*OW)
         self._col_valid = False
         self._out_hw = None
 
