@@ -367,3 +367,23 @@ def test_parallel_for_covers_the_range_once():
     finally:
         layers_mod.set_num_threads(old)
     assert (hits == 1).all()
+
+
+def test_threads_fall_back_to_one_without_a_reachable_openblas(monkeypatch):
+    """With a BLAS we cannot pin to one thread, the layers must not add threads on top of its own."""
+    old = layers_mod.get_num_threads()
+    monkeypatch.setitem(layers_mod._THREADS, "blas_pinned", False)
+    try:
+        layers_mod.set_num_threads(4)
+        assert layers_mod.get_num_threads() == 1
+    finally:
+        monkeypatch.setitem(layers_mod._THREADS, "blas_pinned", True)
+        layers_mod.set_num_threads(old)
+
+
+def test_default_threads_read_the_environment(monkeypatch):
+    monkeypatch.setenv("MINISSD_NUM_THREADS", "3")
+    assert layers_mod._default_threads() == 3
+    monkeypatch.setenv("MINISSD_NUM_THREADS", "many")
+    with pytest.raises(ValueError, match="MINISSD_NUM_THREADS='many' is not an integer"):
+        layers_mod._default_threads()
