@@ -182,6 +182,8 @@ def plot_curves(records, path, title=None) -> str:
                     label=f"{split} mAP@0.5")
     if evals:
         ax_map.legend(fontsize=8)
+    last = max([r["iteration"] for r in train + evals] or [1])
+    ax_map.set_xlim(0, last * 1.02)
     ax_map.set_ylim(0, 1)
     ax_map.grid(alpha=0.3)
     ax_map.set_xlabel("iteration")

@@ -217,3 +217,31 @@ def test_format_ap_table():
     assert lines[2].split() == ["circle", "3", "1.000", "1.000"]
     assert lines[3].split() == ["square", "2", "0.500", "0.250"]
     assert lines[4].split() == ["mean", "5", "0.750", "0.625"]
+
+
+def test_time_plan_shortens_the_run_and_is_kept_on_resume(tmp_path, monkeypatch, capsys):
+    # A budget far too small for 50 iterations: after measuring the speed (iterations 1-3 here) the
+    # run is planned shorter, the plan goes into the checkpoint, and a resume follows it.
+    monkeypatch.setattr(train, "PLAN_FROM", 1)
+    monkeypatch.setattr(train, "PLAN_AT", 3)
+    out = str(tmp_path / "plan")
+    code = train.main([*TINY, "--out", out, "--iterations", "50", "--max-minutes", "0.001",
+                       "--num-workers", "0"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "time plan" in text
+    _, meta = arrays_of(os.path.join(out, "last.npz"))
+    assert meta["planned_iterations"] == meta["iteration"] == 4
+    assert meta["train_config"]["iterations"] == 50
+    assert train.main(["--resume", out, "--progress", "none", "--max-minutes", "0"]) == 0
+    _, meta = arrays_of(os.path.join(out, "last.npz"))
+    assert meta["iteration"] == 4
+
+
+def test_fractional_milestones():
+    assert train._milestones({"milestones": "0.5,0.9"}, 200) == [100, 180]
+    assert train._milestones({"milestones": "300,400"}, 1000) == [300, 400]
+    sched = train.make_schedule(dict(train.DEFAULTS, milestones="0.5", warmup=0, lr=0.1), 10)
+    assert sched(4) == pytest.approx(0.1) and sched(5) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="--milestones"):
+        train._milestones({"milestones": "2.5"}, 10)
