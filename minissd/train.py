@@ -792,7 +792,8 @@ class Trainer:
         self.eval_images, self.eval_time = 0, 0.0
         iteration = start
         last_saved = start
-        plan_mark = 0.0
+        plan_mark = (start, 0.0)
+        replan_due = False
         stream = self.loader.batches()
         sync = (lambda: synchronize()) if self.device == "cuda" else (lambda: None)
         try:
@@ -863,6 +864,7 @@ class Trainer:
 
                     if c["eval_every"] and iteration % c["eval_every"] == 0 and iteration < total:
                         self._validate(iteration, interrupt)
+                        replan_due = True
                         window["t"] = time.perf_counter()  # eval time is not training throughput
                     if c["checkpoint_every"] and iteration % c["checkpoint_every"] == 0:
                         if self._checkpoint(iteration):
@@ -880,11 +882,20 @@ class Trainer:
                               f"python -m minissd.train --resume {self.run_dir}", flush=True)
                         return 0
                     if iteration - start == PLAN_FROM:
-                        plan_mark = self.train_time
+                        plan_mark = (iteration, self.train_time)
                     elif deadline is not None and iteration - start == PLAN_AT and not self.planned_by_time:
-                        per_iter = (self.train_time - plan_mark) / (PLAN_AT - PLAN_FROM)
+                        per_iter = (self.train_time - plan_mark[1]) / (iteration - plan_mark[0])
                         total = self._plan(iteration, deadline, per_iter)
                         progress.set_total(total)
+                        plan_mark = (iteration, self.train_time)
+                    elif (deadline is not None and replan_due and iteration - start > PLAN_AT
+                          and iteration < self._decay_start()):
+                        # re-plan with the speed since the last plan, before the decay begins
+                        per_iter = (self.train_time - plan_mark[1]) / max(iteration - plan_mark[0], 1)
+                        total = self._plan(iteration, deadline, per_iter)
+                        progress.set_total(total)
+                        plan_mark = (iteration, self.train_time)
+                    replan_due = False
                     # The guard: after the plan (it needs the speed), stop when the end would overrun.
                     if (deadline is not None and iteration < total and iteration - start > PLAN_AT
                             and time.perf_counter() + self._final_cost_estimate() > deadline):
@@ -907,30 +918,48 @@ class Trainer:
         return None
 
     def _plan(self, iteration, deadline, per_iter) -> int:
-        """Fit the run to the time budget: fewer iterations if the measured speed needs it.
+        """Fit the run to the time budget at the measured speed (``per_iter`` seconds a step).
 
-        The schedule is rebuilt for the planned length (fractional milestones, cosine), and the plan
-        is recorded in every checkpoint (``planned_iterations``), so a resumed run follows it.
+        The planned length is at most the configured one; the schedule is laid out over it
+        (fractional milestones, cosine), and the plan is recorded in every checkpoint
+        (``planned_iterations``), so a resumed run follows it. Called after PLAN_AT iterations and
+        again at each periodic evaluation while the run is still before its decay (on a shared machine
+        the speed changes with the neighbours' load).
         """
         c = self.c
+        configured = total_iterations(c, len(self.train_ds))
         now = time.perf_counter()
         left = deadline - now - self._final_cost_estimate()
-        per_image_eval = per_iter / (3.0 * c["batch_size"])   # inference ~ a third of a training step
+        if self.eval_images:
+            per_image_eval = self.eval_time / self.eval_images
+        else:   # inference costs about a third of a training step per image
+            per_image_eval = per_iter / (3.0 * c["batch_size"])
         eval_per_iter = 0.0
         if c["eval_every"] and self.val_ds is not None:
             eval_per_iter = len(self.val_ds) * per_image_eval / c["eval_every"]
-        checkpoint_per_iter = 1.0 / c["checkpoint_every"] if c["checkpoint_every"] else 0.0
+        checkpoint_per_iter = 0.2 / c["checkpoint_every"] if c["checkpoint_every"] else 0.0
         fit = iteration + int(0.97 * max(left, 0.0) / (per_iter + eval_per_iter + checkpoint_per_iter))
-        if fit >= self.total:
-            self.progress.write(f"time plan: {self.total} iterations fit in --max-minutes {c['max_minutes']} "
-                                f"at {c['batch_size'] / per_iter:.1f} images/s")
+        planned = max(min(fit, configured), iteration + 1)
+        ips = c["batch_size"] / per_iter
+        if planned == self.total:
             return self.total
-        self.total = max(fit, iteration + 1)
-        self.planned_by_time = True
+        self.total = planned
+        self.planned_by_time = planned < configured or self.planned_by_time
         self.schedule = make_schedule(c, self.total)
-        self.progress.write(f"time plan: {c['batch_size'] / per_iter:.1f} images/s, so {self.total} of "
-                            f"{c['iterations'] if c['epochs'] is None else 'the'} iterations fit in --max-minutes "
-                            f"{c['max_minutes']} (evaluation included); the schedule is set for {self.total}")
+        self.progress.write(f"time plan at iteration {iteration}: {ips:.1f} images/s, {self.total} of {configured} "
+                            f"iterations fit in --max-minutes {c['max_minutes']} (evaluation included); "
+                            "the schedule is set for that length")
+        return self.total
+
+    def _decay_start(self) -> int:
+        """The first iteration whose rate the plan must not move any more (the first decay)."""
+        c = self.c
+        if c["schedule"] == "cosine":
+            return c["warmup"] + 1
+        if c["schedule"] == "multistep":
+            m = _milestones(c, self.total)
+            if m:
+                return m[0]
         return self.total
 
     def _final_cost_estimate(self) -> float:
