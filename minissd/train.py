@@ -43,6 +43,7 @@ STATE_KIND = "minissd-training-state"
 # The time plan (--max-minutes): the speed is measured over iterations PLAN_FROM..PLAN_AT of a session
 # (the first few are slower: caches, thread pools, page faults).
 PLAN_FROM, PLAN_AT = 5, 25
+REPLAN_EVERY = 50   # and after each validation, until the first decay
 
 # The defaults of the main job (`python -m minissd.train`), for a 2-core CPU and a 10-minute budget
 # (benchmarks/RESULTS.md records the runs). The recipe follows issue 7's reference measurement:
@@ -78,7 +79,7 @@ DEFAULTS = OrderedDict(
     checkpoint_every=250,
     log_every=10,
     num_workers=1,
-    augment="ssd",
+    augment="auto",         # shapes: flip; other data: ssd
     crop_min_scale=None,
     max_expand=None,
     max_minutes=9.25,
@@ -135,9 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default: {d['val_limit']})")
     g.add_argument("--test-limit", type=int, metavar="N",
                    help="evaluate on the first N test images only (default: all)")
-    g.add_argument("--augment", choices=("ssd", "flip", "none"),
+    g.add_argument("--augment", choices=("auto", "ssd", "flip", "none"),
                    help="training augmentation: 'ssd' is the paper's (photometric distortion, zoom-out, "
-                        "min-IoU crop, flip), 'flip' only flips, 'none' only resizes "
+                        "min-IoU crop, flip), 'flip' only flips, 'none' only resizes; 'auto' is flip for "
+                        "shapes (an endless stream of fresh images that already has every scale and "
+                        "position; the crop only slows a short run down) and ssd for everything else "
                         f"(default: {d['augment']})")
     g.add_argument("--crop-min-scale", type=float, metavar="S",
                    help="smallest side of a random crop as a fraction of the image (paper 0.1, "
@@ -326,6 +329,12 @@ def open_data(spec, limit=None, role="train", option="--dataset"):
 
         ds = Subset(ds, range(min(int(limit), len(ds))))
     return ds
+
+
+def resolve_augment(c: dict) -> None:
+    """--augment auto: 'flip' for the built-in shapes stream, the paper's 'ssd' for real data."""
+    if c["augment"] == "auto":
+        c["augment"] = "flip" if c["dataset"].partition(":")[0] == "shapes" else "ssd"
 
 
 def resolve_eval_specs(c: dict) -> None:
@@ -631,6 +640,7 @@ def main(argv=None) -> int:
         else:
             _check_config(config)
             resolve_eval_specs(config)
+            resolve_augment(config)
             run_dir = _new_run_dir(config)
             if os.path.exists(os.path.join(run_dir, "last.npz")):
                 raise ValueError(f"{run_dir} already holds a run (last.npz); continue it with "
@@ -888,9 +898,11 @@ class Trainer:
                         total = self._plan(iteration, deadline, per_iter)
                         progress.set_total(total)
                         plan_mark = (iteration, self.train_time)
-                    elif (deadline is not None and replan_due and iteration - start > PLAN_AT
-                          and iteration < self._decay_start()):
-                        # re-plan with the speed since the last plan, before the decay begins
+                    elif (deadline is not None and iteration - start > PLAN_AT and iteration < self._decay_start()
+                          and (replan_due or iteration - plan_mark[0] >= REPLAN_EVERY)):
+                        # re-plan with the speed since the last plan, until the decay begins: on a shared
+                        # machine the speed moves with the neighbours, and a run cut short by the guard
+                        # before its decay loses what the decay gives
                         per_iter = (self.train_time - plan_mark[1]) / max(iteration - plan_mark[0], 1)
                         total = self._plan(iteration, deadline, per_iter)
                         progress.set_total(total)
@@ -943,9 +955,14 @@ class Trainer:
         ips = c["batch_size"] / per_iter
         if planned == self.total:
             return self.total
+        quiet = abs(planned - self.total) < 0.03 * self.total and self.planned_by_time
         self.total = planned
         self.planned_by_time = planned < configured or self.planned_by_time
         self.schedule = make_schedule(c, self.total)
+        _append_jsonl(self.metrics_path, {"iteration": iteration, "planned_iterations": self.total,
+                                          "planned_images_per_s": round(ips, 2)})
+        if quiet:
+            return self.total
         self.progress.write(f"time plan at iteration {iteration}: {ips:.1f} images/s, {self.total} of {configured} "
                             f"iterations fit in --max-minutes {c['max_minutes']} (evaluation included); "
                             "the schedule is set for that length")

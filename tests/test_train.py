@@ -139,6 +139,7 @@ def test_run_directory_contents(tmp_path):
     assert set(train.DEFAULTS) <= set(config)
     assert config["val_dataset"] == "shapes:val" and config["test_dataset"] == "shapes:test"
     assert config["device"] == "cpu"
+    assert config["augment"] == "flip"          # "auto" resolved for shapes
     records = train._read_jsonl(os.path.join(out, "metrics.jsonl"))
     evals = [r for r in records if r.get("split") == "val"]
     assert [r["iteration"] for r in evals] == [2, 4]
