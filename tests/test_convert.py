@@ -47,7 +47,8 @@ def synthetic_torchvision_state(rng, num_classes=91):
         convs[f"head.regression_head.module_list.{k}"] = (c, 4 * a, 3)
         convs[f"head.classification_head.module_list.{k}"] = (c, num_classes * a, 3)
     for prefix, (cin, cout, k) in convs.items():
-        state[f"{prefix}.weight"] = (rng.standard_normal((cout, cin, k, k)) * math.sqrt(2 / (cin * k * k))).astype(np.float32)
+        w = rng.standard_normal((cout, cin, k, k)) * math.sqrt(2 / (cin * k * k))
+        state[f"{prefix}.weight"] = w.astype(np.float32)
         state[f"{prefix}.bias"] = (0.01 * rng.standard_normal(cout)).astype(np.float32)
     state["backbone.scale_weight"] = rng.uniform(10, 30, 512).astype(np.float32)
     return state
@@ -109,7 +110,8 @@ def torchvision_default_boxes_cxcywh():
     for k, f in enumerate(maps):
         wh = [(scales[k], scales[k]), (math.sqrt(scales[k] * scales[k + 1]),) * 2]
         for r in ratios[k]:
-            wh += [(scales[k] * math.sqrt(r), scales[k] / math.sqrt(r)), (scales[k] / math.sqrt(r), scales[k] * math.sqrt(r))]
+            w, h = scales[k] * math.sqrt(r), scales[k] / math.sqrt(r)
+            wh += [(w, h), (h, w)]
         for j in range(f):
             cy = (j + 0.5) / (300 / steps[k])
             for i in range(f):

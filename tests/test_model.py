@@ -9,7 +9,7 @@ from conftest import gpu
 from minissd.checkpoint import CheckpointError, save_checkpoint
 from minissd.model import (MODEL_CONFIGS, SSD, build_model, describe, get_config, load_model, save_model,
                            scale_width, source_sizes)
-from minissd.priors import make_priors, num_priors
+from minissd.priors import num_priors
 from minissd.testing import directional_check
 
 
@@ -277,7 +277,8 @@ def test_backward_accumulates_until_zero_grad_and_leaves_its_inputs_alone(rng):
     model = build_model("small", 5, rng)
     x = rng.standard_normal((1, 3, 128, 128)).astype(np.float32)
     loc, conf = model.forward(x)
-    d_loc, d_conf = rng.standard_normal(loc.shape).astype(np.float32), rng.standard_normal(conf.shape).astype(np.float32)
+    d_loc = rng.standard_normal(loc.shape).astype(np.float32)
+    d_conf = rng.standard_normal(conf.shape).astype(np.float32)
     saved = d_loc.copy(), d_conf.copy()
     model.zero_grad()
     model.backward(d_loc, d_conf)

@@ -5,7 +5,6 @@ for the backward, so agreement checks minissd's forward, its hand-written backwa
 L2Norm, extras and trunk, and the prior-order layout of the outputs.
 """
 import numpy as np
-import pytest
 
 from conftest import requires_torch
 from minissd.model import build_model
