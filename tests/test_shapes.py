@@ -127,6 +127,21 @@ def test_triangles_point_up_unless_asked_otherwise():
     assert 0.1 < four.mean() < 0.9  # other orientations appear
 
 
+def test_same_class_boxes_never_overlap_beyond_nms():
+    # Per-class NMS at IoU 0.45 keeps only one of two such boxes; the dataset never draws them.
+    from minissd.data.transforms import iou_xyxy
+
+    ds = ShapesDataset("test", count=300)
+    worst = 0.0
+    for i in range(len(ds)):
+        s = ds.get(i)
+        iou = iou_xyxy(s.boxes.astype(float), s.boxes.astype(float))
+        np.fill_diagonal(iou, 0.0)
+        same = s.labels[:, None] == s.labels[None, :]
+        worst = max(worst, float((iou * same).max(initial=0.0)))
+    assert 0.1 < worst <= 0.4
+
+
 def test_open_dataset_shapes():
     ds = open_dataset("shapes", split="val", size=64, seed=2)
     assert isinstance(ds, ShapesDataset) and ds.size == 64 and ds.split == "val" and ds.seed == 2
