@@ -82,7 +82,7 @@ DEFAULTS = OrderedDict(
     augment="auto",         # shapes: flip; other data: ssd
     crop_min_scale=None,
     max_expand=None,
-    max_minutes=9.25,
+    max_minutes=9.5,
     stop_at=None,
     progress="auto",
 )
