@@ -716,6 +716,8 @@ class Trainer:
         self.model = build_model_for(c, len(self.class_names), c["seed"])
         self.model.to(self.device)
         self.model.train()
+        # nothing upstream of the image needs dL/dx: the first convolution skips that GEMM and col2im
+        self.model.input_grad = False
         self.optimizer = SGD(self.model, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"],
                              groups="caffe")   # biases: lr x2, no weight decay
         self.schedule = make_schedule(c, self.total)
