@@ -46,6 +46,15 @@ def _as_channels(value, name: str) -> np.ndarray:
     return arr
 
 
+def _mean_std(mean, std) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validated per-channel ``(mean, std, 1 / std)`` for the normalisation ``(pixel - mean) / std``."""
+    mean = _as_channels(mean, "mean")
+    std = _as_channels(std, "std")
+    if np.any(std <= 0):
+        raise ValueError(f"std: expected positive values, got {std}")
+    return mean, std, (1.0 / std).astype(np.float32)
+
+
 def check_inputs(image, boxes_px, labels):
     """Validate a transform's inputs; returns (image, boxes float32 (G, 4), labels (G,))."""
     image = np.asarray(image)
@@ -284,12 +293,7 @@ class TrainTransform:
             if not 0 <= p <= 1:
                 raise ValueError(f"{name}: expected a probability in [0, 1], got {p}")
         self.size = int(size)
-        self.mean = _as_channels(mean, "mean")
-        std = _as_channels(std, "std")
-        if np.any(std <= 0):
-            raise ValueError(f"std: expected positive values, got {std}")
-        self.std = std
-        self.inv_std = (1.0 / std).astype(np.float32)
+        self.mean, self.std, self.inv_std = _mean_std(mean, std)
         self.fill = np.clip(np.round(self.mean), 0, 255).astype(np.uint8)
         self.photometric, self.expand, self.crop, self.flip = bool(photometric), bool(expand), bool(crop), bool(flip)
         self.expand_ratio, self.expand_prob = float(expand_ratio), float(expand_prob)
@@ -359,12 +363,7 @@ class EvalTransform:
         if int(size) != size or size < 1:
             raise ValueError(f"size: expected a positive integer, got {size!r}")
         self.size = int(size)
-        self.mean = _as_channels(mean, "mean")
-        std = _as_channels(std, "std")
-        if np.any(std <= 0):
-            raise ValueError(f"std: expected positive values, got {std}")
-        self.std = std
-        self.inv_std = (1.0 / std).astype(np.float32)
+        self.mean, self.std, self.inv_std = _mean_std(mean, std)
 
     def __repr__(self) -> str:
         return f"EvalTransform(size={self.size})"
