@@ -218,19 +218,20 @@ class Minissd:
         self.loss_fn = MultiBoxLoss(neg_pos_ratio=3.0)
         self.optimizer = SGD(self.model, lr=LR, momentum=MOMENTUM, weight_decay=WD)
 
-    def train_step_fn(self, x, gt_boxes, gt_labels):
-        model, loss_fn, opt = self.model, self.loss_fn, self.optimizer
+    def train_step(self, x, gt_boxes, gt_labels):
+        """One training step, the same calls as minissd/train.py's loop."""
+        model = self.model
+        model.train()
+        model.zero_grad()
+        loc, conf = model.forward(x)
+        loc_t, labels = model.targets(gt_boxes, gt_labels, threshold=0.5, strategy="bipartite")
+        self.loss_fn.forward(loc, conf, loc_t, labels)
+        d_loc, d_conf = self.loss_fn.backward()
+        model.backward(d_loc, d_conf)
+        self.optimizer.step()
 
-        def step():
-            model.train()
-            model.zero_grad()
-            loc, conf = model.forward(x)
-            loc_t, labels = model.targets(gt_boxes, gt_labels, threshold=0.5, strategy="bipartite")
-            loss_fn.forward(loc, conf, loc_t, labels)
-            d_loc, d_conf = loss_fn.backward()
-            model.backward(d_loc, d_conf)
-            opt.step()
-        return step
+    def train_step_fn(self, x, gt_boxes, gt_labels):
+        return lambda: self.train_step(x, gt_boxes, gt_labels)
 
     def forward_fn(self, x):
         model = self.model
@@ -380,15 +381,7 @@ def breakdown(clock, ms_side, x_host, gt_boxes, gt_labels, infer_x_host):
     # The image upload and the detections' read-back go through the module-level _h2d/_d2h so the
     # profiled pass can time them (a global name is looked up at call time, so patching works).
     def train_step():
-        model.train()
-        model.zero_grad()
-        x = _h2d(xp, x_host)
-        loc, conf = model.forward(x)
-        loc_t, labels = model.targets(gt_boxes, gt_labels, threshold=0.5, strategy="bipartite")
-        loss_fn.forward(loc, conf, loc_t, labels)
-        d_loc, d_conf = loss_fn.backward()
-        model.backward(d_loc, d_conf)
-        opt.step()
+        ms_side.train_step(_h2d(xp, x_host), gt_boxes, gt_labels)
 
     def infer():
         model.eval()

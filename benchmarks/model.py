@@ -64,6 +64,34 @@ def best_cpu(fn, repeat, threads):
     return min(times)
 
 
+def make_passes(model, x, d_loc, d_conf, ref_net, ref_params, xt, d_loc_t, d_conf_t):
+    """The four timed calls: (ours forward, ours forward+backward, reference forward, reference fwd+bwd).
+
+    Both sides get the same input and the same upstream gradients for (loc, conf).
+    """
+    import torch
+
+    def ours_fwd():
+        model.forward(x)
+
+    def ours_step():
+        model.zero_grad()
+        model.forward(x)
+        model.backward(d_loc, d_conf)
+
+    def ref_fwd():
+        with torch.no_grad():
+            ref_net(xt)
+
+    def ref_step():
+        for p in ref_params:
+            p.grad = None
+        lo, co = ref_net(xt)
+        torch.autograd.backward([lo, co], [d_loc_t, d_conf_t])
+
+    return ours_fwd, ours_step, ref_fwd, ref_step
+
+
 def bench_case(name, num_classes, batch, repeat, threads):
     import torch
 
@@ -81,23 +109,8 @@ def bench_case(name, num_classes, batch, repeat, threads):
     d_conf = rng.standard_normal(conf.shape).astype(np.float32)
     xt, d_loc_t, d_conf_t = torch.as_tensor(x), torch.as_tensor(d_loc), torch.as_tensor(d_conf)
 
-    def ours_fwd():
-        model.forward(x)
-
-    def ours_step():
-        model.zero_grad()
-        model.forward(x)
-        model.backward(d_loc, d_conf)
-
-    def torch_fwd():
-        with torch.no_grad():
-            ref(xt)
-
-    def torch_step():
-        for p in ref.parameters():
-            p.grad = None
-        lo, co = ref(xt)
-        torch.autograd.backward([lo, co], [d_loc_t, d_conf_t])
+    ours_fwd, ours_step, torch_fwd, torch_step = make_passes(model, x, d_loc, d_conf, ref, list(ref.parameters()),
+                                                             xt, d_loc_t, d_conf_t)
 
     rows = []
     for label, ours, theirs in (("forward", ours_fwd, torch_fwd), ("forward+backward", ours_step, torch_step)):
@@ -171,23 +184,8 @@ def bench_gpu_case(name, num_classes, batch, repeat):
     d_loc_t = torch.as_tensor(cupy.asnumpy(d_loc), device="cuda")
     d_conf_t = torch.as_tensor(cupy.asnumpy(d_conf), device="cuda")
 
-    def ours_fwd():
-        model.forward(x)
-
-    def ours_step():
-        model.zero_grad()
-        model.forward(x)
-        model.backward(d_loc, d_conf)
-
-    def ref_fwd():
-        with torch.no_grad():
-            ref_net(xt)
-
-    def ref_step():
-        for p in params:
-            p.grad = None
-        lo, co = ref_net(xt)
-        torch.autograd.backward([lo, co], [d_loc_t, d_conf_t])
+    ours_fwd, ours_step, ref_fwd, ref_step = make_passes(model, x, d_loc, d_conf, ref_net, params,
+                                                         xt, d_loc_t, d_conf_t)
 
     rows = []
     for label, ours, theirs in (("forward", ours_fwd, ref_fwd), ("forward+backward", ours_step, ref_step)):
