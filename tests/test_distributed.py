@@ -483,3 +483,16 @@ def test_cuda_under_mpiexec_without_cupy_ends_the_job_with_the_reason(tmp_path):
     assert rc != 0
     assert "NCCLComm needs CuPy" in err and "failed" in err, err
     assert "went past" not in out
+
+
+@needs_mpi
+def test_allreduce_benchmark_smoke_run():
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                          "allreduce.py")
+    proc = subprocess.run([sys.executable, script, "--sizes", "1000", "--repeat", "2", "--warmup", "0",
+                           "--timeout", str(TIMEOUT_S)], capture_output=True, text=True, timeout=2 * TIMEOUT_S,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| flat 1,000 |")]
+    assert [row.split("|")[3].strip() for row in rows] == ["1", "2"], proc.stdout
+    assert "load average before" in proc.stdout

@@ -202,3 +202,67 @@ def test_unreadable_image_and_size_mismatch(tmp_path):
         ds.get(0)
     with pytest.raises(ValueError, match=r"b\.jpg: image is 20x30 but its annotation says 40x30"):
         ds.get(1)
+
+
+# --- issue 16: messages that name the file; DataError for an unreadable sample ----------------------
+
+def test_unreadable_samples_raise_data_error_with_the_path(tmp_path):
+    from minissd.data import DataError
+
+    voc = make_voc(tmp_path, {"a": _xml("a", []), "b": _xml("b", [])}, image_sizes={"b": (20, 30)})
+    jpg = os.path.join(voc, "JPEGImages", "a.jpg")
+    data = open(jpg, "rb").read()
+    with open(jpg, "wb") as f:
+        f.write(data[: len(data) // 2])  # truncated JPEG
+    ds = VOCDataset(voc, "trainval")
+    with pytest.raises(DataError, match=r"a\.jpg: cannot read image") as info:
+        ds.get(0)
+    assert info.value.path == jpg
+    with pytest.raises(DataError, match="annotation says") as info:
+        ds.get(1)
+    assert info.value.path.endswith("b.jpg")
+
+
+def test_16_bit_png_in_a_dataset_is_not_white(tmp_path):
+    voc = make_voc(tmp_path, {"a": _xml("a", [])})
+    gray = (np.arange(30 * 40, dtype=np.uint32).reshape(30, 40) * 54).astype(np.uint16)
+    Image.fromarray(gray).save(os.path.join(voc, "JPEGImages", "a.png"))
+    os.remove(os.path.join(voc, "JPEGImages", "a.jpg"))
+    xml = _xml("a", []).replace("a.jpg", "a.png")
+    with open(os.path.join(voc, "Annotations", "a.xml"), "w") as f:
+        f.write(xml)
+    image = VOCDataset(voc, "trainval").get(0).image
+    np.testing.assert_array_equal(image[..., 0], ((gray.astype(np.uint32) + 128) // 257).astype(np.uint8))
+    assert image.min() == 0 and image.max() == 252  # 1199 * 54 = 64746 -> round(64746 / 257) = 252
+
+
+def test_non_utf8_image_list_names_the_file_and_line(tmp_path):
+    voc = make_voc(tmp_path, {"a": _xml("a", [])})
+    list_path = os.path.join(voc, "ImageSets", "Main", "trainval.txt")
+    with open(list_path, "wb") as f:
+        f.write(b"a\n\xe9t\xe9\n")  # latin-1 "été"
+    with pytest.raises(ValueError, match=r"trainval\.txt: an image list must be UTF-8 text; byte 0xe9 on line 2"):
+        VOCDataset(voc, "trainval")
+    with open(list_path, "wb") as f:
+        f.write(b"\xef\xbb\xbfa\r\n")  # a byte-order mark and CRLF, as a Windows editor writes
+    assert VOCDataset(voc, "trainval").ids == ["a"]
+
+
+def test_non_utf8_class_file_names_the_file(tmp_path):
+    voc = make_voc(tmp_path, {"a": _xml("a", [])})
+    classes = os.path.join(voc, "classes.txt")
+    with open(classes, "wb") as f:
+        f.write(b"cat\ncaf\xe9\n")
+    with pytest.raises(ValueError, match=r"classes\.txt: a class-name file must be UTF-8 text; byte 0xe9 on line 2"):
+        VOCDataset(voc, "trainval")
+
+
+@pytest.mark.parametrize("content", ["", "\n\n   \n"])
+def test_empty_split_says_so(tmp_path, content):
+    voc = make_voc(tmp_path, {"a": _xml("a", [])})
+    with open(os.path.join(voc, "ImageSets", "Main", "val.txt"), "w") as f:
+        f.write(content)
+    with pytest.raises(ValueError, match=r"split 'val' of VOCDataset\(.*\) has no images: .*val\.txt lists none"):
+        VOCDataset(voc, "val")
+    with pytest.raises(ValueError, match="split 'val' .* has no images"):
+        open_dataset(f"voc:{voc}", "val")

@@ -18,6 +18,7 @@ from .annotations import TRAIN_SPLITS, BadDataWarning
 from .coco import COCODataset
 from .loader import Batch, DataLoader
 from .sample import Sample
+from .skip import DataError, SkipUnreadable, is_placeholder
 from .transforms import EvalTransform, TrainTransform, preprocess
 from .voc import VOC_CLASSES, VOCDataset
 
@@ -32,7 +33,8 @@ def __getattr__(name):
 
 
 __all__ = ["Sample", "ShapesDataset", "VOCDataset", "COCODataset", "open_dataset", "TrainTransform",
-           "EvalTransform", "preprocess", "DataLoader", "Batch", "BadDataWarning", "VOC_CLASSES"]
+           "EvalTransform", "preprocess", "DataLoader", "Batch", "BadDataWarning", "VOC_CLASSES",
+           "DataError", "SkipUnreadable", "is_placeholder"]
 
 
 def open_dataset(spec: str, split: str = "train", **options):

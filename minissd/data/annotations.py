@@ -11,6 +11,8 @@ or y2 == y1), or (partly) outside the image. ``on_bad_box`` chooses what happens
 Dropped and clipped boxes are counted, and each dataset emits one `BadDataWarning` that sums them up
 when it has read its annotations. Whole-file problems (a missing or unreadable image, malformed XML or
 JSON, an unknown class name) are errors that name the file, and the line or object where known.
+An image that cannot be read when a sample is fetched raises `DataError` (a ValueError carrying the
+path), so that training and evaluation can tell it from other errors (see minissd/data/skip.py).
 """
 from __future__ import annotations
 
@@ -19,8 +21,7 @@ import math
 import os
 import warnings
 
-import numpy as np
-from PIL import Image
+from ..imageio import DataError, image_size, read_image  # noqa: F401  (re-exported for the readers)
 
 BAD_BOX_MODES = ("drop", "clip", "error")
 UNKNOWN_CLASS_MODES = ("error", "drop")
@@ -113,34 +114,8 @@ class BoxChecker:
         return {"dropped": dict(self.dropped), "clipped": self.clipped, "unknown_class": dict(self.unknown)}
 
 
-def load_image(path: str, expected_size=None) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB; ValueError naming the file if it cannot be read
-    or if its size differs from ``expected_size`` (width, height) given by the annotation."""
-    if not os.path.exists(path):
-        raise ValueError(f"{path}: image file is missing")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            image = np.asarray(img.convert("RGB"))
-    except Exception as err:  # Pillow raises several types (UnidentifiedImageError, OSError, ...)
-        raise ValueError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
-    if expected_size is not None:
-        width, height = expected_size
-        if image.shape[1] != width or image.shape[0] != height:
-            raise ValueError(f"{path}: image is {image.shape[1]}x{image.shape[0]} but its annotation says "
-                             f"{width}x{height}")
-    return image
-
-
-def image_size(path: str):
-    """(width, height) from the image header, without decoding the pixels."""
-    if not os.path.exists(path):
-        raise ValueError(f"{path}: image file is missing")
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except Exception as err:
-        raise ValueError(f"{path}: cannot read image ({type(err).__name__}: {err})") from err
+# The one image reader (every mode by a stated rule, DataError naming the file): minissd/imageio.py.
+load_image = read_image
 
 
 def check_missing(paths, what: str):

@@ -94,6 +94,8 @@ class COCODataset:
                       "size": (width, height), "objects": []}
             by_id[image_id] = record
             self.records.append(record)
+        if not self.records:
+            raise ValueError(f"COCODataset({path!r}) has no images: its 'images' list is empty")
 
         for k, ann in enumerate(data.get("annotations", [])):
             where = f"{path}, annotations[{k}] (id {ann.get('id') if isinstance(ann, dict) else None!r})"

@@ -110,10 +110,25 @@ def find_voc_root(root: str, year=None) -> str:
                      "pass year=")
 
 
+def read_text_lines(path: str, what: str) -> list[str]:
+    """The lines of a UTF-8 text file; ValueError naming the file when it cannot be read or is not UTF-8."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read {what} ({err.strerror or err})") from err
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is not part of an id
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{path}: {what} must be UTF-8 text; byte {data[err.start]:#04x} on line {line} "
+                         "is not") from err
+    return text.splitlines()
+
+
 def read_class_names(path: str):
     """One class name per line (blank lines and '#' comments ignored)."""
-    with open(path, encoding="utf-8") as f:
-        names = [line.split("#", 1)[0].strip() for line in f]
+    names = [line.split("#", 1)[0].strip() for line in read_text_lines(path, "a class-name file")]
     names = [n for n in names if n]
     if not names:
         raise ValueError(f"{path}: no class names")
@@ -159,9 +174,10 @@ class VOCDataset:
         list_path = os.path.join(self.root, "ImageSets", "Main", f"{split}.txt")
         if not os.path.exists(list_path):
             raise ValueError(f"split: {list_path} does not exist")
-        with open(list_path, encoding="utf-8") as f:
-            # Class-specific lists hold "id flag" per line; the id is the first token.
-            self.ids = [line.split()[0] for line in f if line.strip()]
+        # Class-specific lists hold "id flag" per line; the id is the first token.
+        self.ids = [line.split()[0] for line in read_text_lines(list_path, "an image list") if line.strip()]
+        if not self.ids:
+            raise ValueError(f"split {split!r} of VOCDataset({self.root!r}) has no images: {list_path} lists none")
         self.checker = BoxChecker(f"VOCDataset({self.root!r}, {split!r})", on_bad_box)
         self._index = {name: i + 1 for i, name in enumerate(self.class_names)}
         self._on_unknown_class = on_unknown_class
