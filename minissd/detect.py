@@ -3,7 +3,8 @@
     python -m minissd.detect --checkpoint runs/X/best.npz photo.jpg more_photos/ --out dets/
 
 Each image is resized to the model's input, run through the network and `SSD.detect`
-(decode, softmax, per-class NMS, top-k), and the boxes are scaled back to the image's pixels.
+(decode, softmax, per-class NMS, top-k), and the boxes are scaled back to the image's pixels
+(`minissd.inference.detect_images`; this module is the command around it).
 For every image a PNG with boxes, class names and scores goes into ``--out``; all detections go
 into ``--out``/detections.json (or ``--json``) as
 ``[{"image": path, "width": W, "height": H, "detections": [{"label", "class", "score",
@@ -18,10 +19,10 @@ import json
 import os
 import sys
 
-import numpy as np
-
-from .backend import DeviceError, resolve_device, to_cpu, to_device
+from .backend import DeviceError, resolve_device
 from .checkpoint import CheckpointError
+from .inference import detect_images, load_inference_model, read_image
+from .viz import save_detection_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -41,44 +42,6 @@ def find_images(inputs) -> list[str]:
         else:
             raise FileNotFoundError(f"{item!r} is neither an image file nor a directory")
     return paths
-
-
-def read_image(path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read image {path!r}: {err}") from err
-
-
-def detect_images(model, images, *, device="cpu", batch_size=8, **detect_kwargs):
-    """Detections for a list of (H, W, 3) uint8 images, in each image's pixels.
-
-    Returns a list of dicts with ``boxes`` (K, 4) xyxy pixels, ``labels`` (K,) in 1..C and
-    ``scores`` (K,), by descending score.
-    """
-    from .data import preprocess
-    from .evaluate import clip_offsets, to_pixels
-    from .train import set_input_normalisation
-
-    if not hasattr(model, "input_mean"):
-        set_input_normalisation(model)
-    out = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        x = np.stack([preprocess(image, model.image_size, model.input_mean, model.input_std)
-                      for image in chunk])                           # (n, 3, S, S)
-        x = to_device(x, device)
-        loc, conf = model.forward(x)
-        for image, d in zip(chunk, model.detect(clip_offsets(loc), conf, **detect_kwargs)):
-            h, w = image.shape[:2]
-            out.append({"boxes": to_pixels(d.boxes, h, w),
-                        "labels": to_cpu(d.labels).astype(np.int64),
-                        "scores": to_cpu(d.scores).astype(np.float64)})
-    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,8 +89,6 @@ def main(argv=None) -> int:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         paths = find_images(args.inputs)
         device = resolve_device(args.device)
-        from .evaluate import load_inference_model
-
         model, class_names, _ = load_inference_model(args.checkpoint, device)
         os.makedirs(args.out, exist_ok=True)
         records = []
@@ -149,8 +110,6 @@ def main(argv=None) -> int:
                            for box, lab, s in zip(det["boxes"], det["labels"], det["scores"])]
                 rec = {"image": path, "width": int(w), "height": int(h), "detections": entries}
                 if not args.no_images:
-                    from .viz import save_detection_image
-
                     png = os.path.join(args.out, names[start + k])
                     save_detection_image(png, image, det["boxes"], det["labels"], det["scores"], class_names)
                     rec["output"] = png

@@ -10,8 +10,9 @@ convention (width = x2 - x1 + 1), so numbers compare with published VOC results.
 ``--coco-json`` writes the detections in the COCO results format; COCO AP/AP50/AP75 come from
 pycocotools when it is installed (``pip install 'minissd[coco]'``).
 
-The library half (`evaluate_model`, `predict`, `Subset`, `load_inference_model`) is what
-``python -m minissd.train`` uses for its validation and test evaluations.
+This module is the command only; the inference and the AP computation it runs are the library's
+(minissd/inference.py: `load_inference_model`, `evaluate_model`), which ``python -m minissd.train``
+uses for its validation and test evaluations too.
 
 Walkthrough: docs/11-inference.md
 """
@@ -23,201 +24,12 @@ import os
 import sys
 import time
 
-import numpy as np
-
-from .backend import DeviceError, resolve_device, to_cpu, to_device
+from . import metrics
+from .backend import DeviceError, resolve_device
 from .checkpoint import CheckpointError
-
-
-class Subset:
-    """The images ``indices`` of a dataset, as a dataset (class_names, __len__, get)."""
-
-    def __init__(self, dataset, indices):
-        self.dataset = dataset
-        self.indices = [int(i) for i in indices]
-        n = len(dataset)
-        for i in self.indices:
-            if not 0 <= i < n:
-                raise ValueError(f"Subset: index {i} is outside the dataset's {n} images")
-        self.class_names = dataset.class_names
-
-    def __len__(self):
-        return len(self.indices)
-
-    def get(self, i):
-        return self.dataset.get(self.indices[i])
-
-    def __getattr__(self, name):  # anything else (e.g. name, root) comes from the wrapped dataset
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints for inference
-# ----------------------------------------------------------------------------------------------
-def load_inference_model(path, device="cpu"):
-    """``(model, class_names, meta)`` from a training state (last.npz/best.npz) or a `save_model` file."""
-    from .model import load_model
-
-    model, meta = load_model(path)
-    class_names = meta.get("class_names")
-    if class_names is None:
-        class_names = [f"class{i}" for i in range(1, model.num_classes)]
-    class_names = list(class_names)
-    from .train import set_input_normalisation
-
-    # Files without the keys (e.g. converted torchvision weights) get the Caffe convention of the
-    # model's config: VGG mean, std 1.
-    set_input_normalisation(model, meta.get("input_mean"), meta.get("input_std"))
-    model.to(device)
-    model.eval()
-    return model, class_names, meta
-
-
-# ----------------------------------------------------------------------------------------------
-# Inference over a dataset
-# ----------------------------------------------------------------------------------------------
-def _eval_transform(model):
-    from .data import EvalTransform
-
-    if not hasattr(model, "input_mean"):
-        from .train import set_input_normalisation
-
-        set_input_normalisation(model)
-    return EvalTransform(model.image_size, mean=model.input_mean, std=model.input_std)
-
-
-def to_pixels(boxes_xyxy, height, width):
-    """Normalised xyxy boxes (K, 4) -> pixel xyxy in the image's frame, clipped to it (float64).
-
-    Clipping at the edge, as torchvision does: a box that spills over the border means the object
-    reaches the border, and a box partly outside the image can never be matched more than its
-    visible part anyway.
-    """
-    b = to_cpu(boxes_xyxy).astype(np.float64).reshape(-1, 4)
-    b = np.clip(b, 0.0, 1.0) * np.array([width, height, width, height], dtype=np.float64)
-    return b
-
-
-LOC_CLIP = 50.0
-
-
-def clip_offsets(loc):
-    """Offsets clipped to +-50 before decoding, so a diverging model's ``exp`` cannot overflow.
-
-    A trained model's offsets are O(1) (targets are divided by the variances 0.1/0.2); 50 moves a box
-    by 5 default-box widths and scales it by e^10, far outside anything real, but finite — so an
-    evaluation of a half-trained or diverging model reports a low mAP instead of failing.
-    (torchvision clamps its size offsets for the same reason.)
-    """
-    from .backend import get_array_module
-
-    xp = get_array_module(loc)
-    return xp.clip(loc, -LOC_CLIP, LOC_CLIP)
-
-
-def predict(model, dataset, *, batch_size=32, device="cpu", num_workers=0, detect_kwargs=None,
-            should_stop=None, keep_images=0, progress=False):
-    """Run the model over a dataset; detections and ground truth in image pixels.
-
-    Returns a dict with ``detections`` (per image: ``boxes`` (K, 4) pixel xyxy, ``labels`` (K,)
-    in 1..C, ``scores`` (K,)), ``ground_truths`` (per image: ``boxes`` (G, 4), ``labels``,
-    ``difficult``), ``image_ids``, ``sizes`` ((H, W) per image) and, for the first
-    ``keep_images`` images, ``images`` (H, W, 3) uint8. None if ``should_stop()`` became true.
-    """
-    from .data import DataLoader
-
-    detect_kwargs = dict(detect_kwargs or {})
-    loader = DataLoader(dataset, batch_size, _eval_transform(model), shuffle=False, seed=0,
-                        num_workers=num_workers, drop_last=False)
-    dets, gts, ids, sizes, images = [], [], [], [], []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(dataset), unit="img", desc="evaluate", dynamic_ncols=True)
-    for batch in loader:
-        if should_stop is not None and should_stop():
-            return None
-        x = to_device(batch.images, device)
-        loc, conf = model.forward(x)
-        out = model.detect(clip_offsets(loc), conf, **detect_kwargs)
-        for j, d in enumerate(out):
-            h, w = (int(v) for v in batch.sizes[j])
-            scale = np.array([w, h, w, h], dtype=np.float64)
-            dets.append({"boxes": to_pixels(d.boxes, h, w),
-                         "labels": to_cpu(d.labels).astype(np.int64),
-                         "scores": to_cpu(d.scores).astype(np.float64)})
-            g = np.asarray(batch.boxes[j], dtype=np.float64).reshape(-1, 4) * scale
-            diff = batch.difficult[j] if batch.difficult is not None else None
-            gts.append({"boxes": g, "labels": np.asarray(batch.labels[j], dtype=np.int64).reshape(-1),
-                        "difficult": (np.zeros(len(g), bool) if diff is None
-                                      else np.asarray(diff, dtype=bool).reshape(-1))})
-            ids.append(str(batch.ids[j]))
-            sizes.append((h, w))
-            if len(images) < keep_images:
-                images.append(dataset.get(len(ids) - 1).image)
-        if bar is not None:
-            bar.update(len(out))
-    if bar is not None:
-        bar.close()
-    result = {"detections": dets, "ground_truths": gts, "image_ids": ids, "sizes": sizes}
-    if keep_images:
-        result["images"] = images
-    return result
-
-
-def to_devkit_pixels(boxes_xyxy):
-    """Continuous 0-based pixel boxes -> the devkit's 1-based inclusive pixel indices.
-
-    minissd's VOC reader maps a devkit box ``xmin..xmax`` (1-based, both end pixels included) to
-    ``(xmin - 1, ymin - 1, xmax, ymax)``; this is the inverse, so that overlaps computed with the
-    devkit's ``x2 - x1 + 1`` widths see the boxes the devkit sees.
-    """
-    b = np.array(boxes_xyxy, dtype=np.float64).reshape(-1, 4)
-    b[:, :2] += 1.0
-    return b
-
-
-def voc_scores(detections, ground_truths, num_object_classes, iou_threshold=0.5, inclusive_pixels=False):
-    """VOC AP per class (11-point and area) and their means, from `predict`'s per-image lists.
-
-    With ``inclusive_pixels`` the boxes (continuous pixels) are first put back into the devkit's
-    1-based inclusive convention (`to_devkit_pixels`) and overlaps use its ``x2 - x1 + 1`` widths.
-
-    Returns ``ap07``/``ap_area`` ({label: AP} for labels 1..C; NaN for a class without ground
-    truth), ``map07``/``map_area`` (means over classes with ground truth), ``num_gt`` ({label:
-    non-difficult objects}) and ``voc``, the full result of `minissd.metrics.evaluate_detections`
-    (precision/recall per class for PR curves).
-    """
-    from .metrics import evaluate_detections
-
-    if inclusive_pixels:
-        detections = [dict(d, boxes=to_devkit_pixels(d["boxes"])) for d in detections]
-        ground_truths = [dict(g, boxes=to_devkit_pixels(g["boxes"])) for g in ground_truths]
-    r = evaluate_detections(detections, ground_truths, num_object_classes, iou_threshold=iou_threshold,
-                            use_07_metric=True, inclusive_pixels=inclusive_pixels)
-    return {"ap07": {int(k): float(v) for k, v in r["ap_07"].items()},
-            "ap_area": {int(k): float(v) for k, v in r["ap_area"].items()},
-            "map07": float(r["map_07"]), "map_area": float(r["map_area"]),
-            "num_gt": {int(k): int(v) for k, v in r["num_gt"].items()},
-            "voc": r}
-
-
-def evaluate_model(model, dataset, *, batch_size=32, device="cpu", num_workers=0, detect_kwargs=None,
-                   iou_threshold=0.5, inclusive_pixels=False, should_stop=None, keep_images=0, progress=False):
-    """`predict` then `voc_scores`; one dict with both (None if stopped)."""
-    pred = predict(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers,
-                   detect_kwargs=detect_kwargs, should_stop=should_stop, keep_images=keep_images,
-                   progress=progress)
-    if pred is None:
-        return None
-    scores = voc_scores(pred["detections"], pred["ground_truths"], len(dataset.class_names),
-                        iou_threshold=iou_threshold, inclusive_pixels=inclusive_pixels)
-    pred.update(scores)
-    pred["num_images"] = len(pred["detections"])
-    return pred
+from .data.specs import open_data, parse_dataset_spec, with_split
+from .inference import evaluate_model, load_inference_model
+from .training.runlog import finite_or_none, format_ap_table
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,14 +97,10 @@ def _dataset_spec(args, meta) -> str:
             if not spec:
                 raise ValueError(f"the checkpoint was trained on {trained_on!r} without test or validation "
                                  "data; say which data to evaluate with --dataset")
-    kind, _, rest = spec.partition(":")
-    if kind == "shapes":
-        return f"shapes:{args.split or rest or 'test'}"
     if args.split:
-        if kind == "voc":
-            path = rest if os.path.exists(rest) or ":" not in rest else rest.rsplit(":", 1)[0]
-            return f"voc:{path}:{args.split}"
-        raise ValueError(f"--split does not apply to {kind}: datasets (choose the annotation file instead)")
+        return with_split(spec, args.split)
+    if spec.partition(":")[0] == "shapes":     # shapes evaluates its test split unless told otherwise
+        return with_split(spec, parse_dataset_spec(spec).split or "test")
     return spec
 
 
@@ -305,8 +113,6 @@ def main(argv=None) -> int:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         device = resolve_device(args.device)
         model, class_names, meta = load_inference_model(args.checkpoint, device)
-        from .train import open_data
-
         spec = _dataset_spec(args, meta)
         dataset = open_data(spec, args.limit, "test", "--dataset")
         if list(dataset.class_names) != class_names:
@@ -326,8 +132,6 @@ def main(argv=None) -> int:
         print(f"minissd.evaluate: error: {err}", file=sys.stderr)
         return 1
 
-    from .train import _finite_or_none, format_ap_table
-
     n = result["num_images"]
     print(format_ap_table(result, class_names,
                           f"{spec}: {n} images, IoU {args.iou_threshold}, "
@@ -346,7 +150,7 @@ def main(argv=None) -> int:
             return status
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(_finite_or_none(summary), f, indent=2, sort_keys=True)
+            json.dump(finite_or_none(summary), f, indent=2, sort_keys=True)
             f.write("\n")
     print(f"mAP@{args.iou_threshold:g}: {result['map07']:.3f} (VOC07 11-point), "
           f"{result['map_area']:.3f} (area)")
@@ -354,8 +158,6 @@ def main(argv=None) -> int:
 
 
 def _coco(args, spec, dataset, result, class_names, summary, want_coco) -> int:
-    from . import metrics
-
     coco_json = args.coco_json
     if coco_json is None:
         coco_json = os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "coco_results.json")
