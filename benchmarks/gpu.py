@@ -5,8 +5,8 @@
     python benchmarks/gpu.py --device cpu --quick      # smoke test of the same minissd code on NumPy
 
 Rows (SSD300, random weights, 21 classes, fp32):
-  train step, batch 32: minissd ``model.forward -> model.targets -> MultiBoxLoss forward/backward ->
-      model.backward -> SGD.step`` (the calls of minissd/train.py's ``_loop``), images already on the
+  train step, batch 32: minissd ``model.targets -> model.forward -> MultiBoxLoss forward/backward ->
+      model.backward -> SGD.step`` (minissd.training.train_step, as the trainer), images already on the
       device, ground truth as host lists (minissd matches on the host, as in training);
       torchvision ``model(images, targets)`` in train mode (its transform, matching and loss on the
       device), ``loss.backward()``, ``torch.optim.SGD.step``. Same random boxes and labels on both
@@ -207,7 +207,7 @@ class Minissd:
     def __init__(self, name, device, xp):
         from minissd.loss import MultiBoxLoss
         from minissd.model import build_model
-        from minissd.optim import SGD
+        from minissd.training import make_optimizer
 
         self.xp, self.device = xp, device
         self.model = build_model(name, NUM_CLASSES, np.random.default_rng(0))
@@ -216,19 +216,16 @@ class Minissd:
             self.model.to("cuda")
         self.size = self.model.image_size
         self.loss_fn = MultiBoxLoss(neg_pos_ratio=3.0)
-        self.optimizer = SGD(self.model, lr=LR, momentum=MOMENTUM, weight_decay=WD)
+        self.optimizer = make_optimizer(self.model, LR, MOMENTUM, WD)   # as the trainer: Caffe groups
 
     def train_step(self, x, gt_boxes, gt_labels):
-        """One training step, the same calls as minissd/train.py's loop."""
-        model = self.model
-        model.train()
-        model.zero_grad()
-        loc, conf = model.forward(x)
-        loc_t, labels = model.targets(gt_boxes, gt_labels, threshold=0.5, strategy="bipartite")
-        self.loss_fn.forward(loc, conf, loc_t, labels)
-        d_loc, d_conf = self.loss_fn.backward()
-        model.backward(d_loc, d_conf)
-        self.optimizer.step()
+        """One training step: minissd.training.train_step, the function the trainer calls."""
+        from minissd.data import Batch
+        from minissd.training import train_step
+
+        self.model.train()
+        batch = Batch(x, gt_boxes, gt_labels, ids=[], sizes=[], difficult=None)
+        train_step(self.model, self.loss_fn, self.optimizer, batch, threshold=0.5, strategy="bipartite")
 
     def train_step_fn(self, x, gt_boxes, gt_labels):
         return lambda: self.train_step(x, gt_boxes, gt_labels)
