@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SKIP_TAG = "skip-execution"
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
-_OUTPUT_FENCE = re.compile(r"\A```output[^\n]*\n(.*?)^```[ \t]*\n?", re.S | re.M)
+_OUTPUT_FENCE = re.compile(r"\A```output[^\n]*\n(.*?)^```[ \t]*\n?", re.DOTALL | re.MULTILINE)
 
 
 def pages() -> list[Path]:
@@ -49,8 +49,10 @@ def page_to_notebook(path):
     import nbformat
 
     path = Path(path)
-    if path.suffix != ".md" or not path.is_file():
+    if path.suffix != ".md":
         raise ValueError(f"page {str(path)!r} is not a Markdown (.md) file")
+    if not path.is_file():
+        raise ValueError(f"page {str(path)!r} does not exist")
     nb = jupytext.read(path, fmt="md")
     cells = []
     for cell in nb.cells:
