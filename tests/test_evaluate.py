@@ -1,4 +1,5 @@
-"""minissd.evaluate's library half: VOC scores from per-image lists, pixel conventions, Subset, viz.
+"""The inference library (minissd/inference.py): VOC scores from per-image lists, pixel conventions,
+Subset (minissd/data/specs.py), viz.
 
 The AP arithmetic itself is minissd.metrics' (tests/test_metrics.py); these tests hold the adapter
 that the train and evaluate commands use to hand-computed cases.
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from minissd import viz
-from minissd.evaluate import Subset, clip_offsets, to_devkit_pixels, to_pixels, voc_scores
+from minissd.data import Subset
+from minissd.inference import clip_offsets, to_devkit_pixels, to_pixels, voc_scores
 
 
 def det(boxes, labels, scores):

@@ -12,6 +12,8 @@ import pytest
 
 from minissd import train
 from minissd.checkpoint import load_checkpoint
+from minissd.training import budget, recipe, runlog
+from minissd.training import state as run_state
 
 TINY = ["--train-limit", "6", "--batch-size", "2", "--val-dataset", "none", "--test-dataset", "none",
         "--eval-every", "0", "--warmup", "2", "--lr", "0.01", "--log-every", "1", "--progress", "none",
@@ -61,7 +63,7 @@ def test_resume_is_bitwise_exact(tmp_path, reference_run):
     assert_bitwise_equal(ref, got)
     assert got_meta["loader"] == ref_meta["loader"]
     # The metrics log of the resumed run is the uninterrupted run's log (same losses, same iterations).
-    losses = [[r["loss"] for r in train._read_jsonl(os.path.join(d, "metrics.jsonl")) if "loss" in r]
+    losses = [[r["loss"] for r in runlog.read_jsonl(os.path.join(d, "metrics.jsonl")) if "loss" in r]
               for d in (reference_run, out)]
     assert losses[0] == losses[1] and len(losses[0]) == 4
 
@@ -140,7 +142,7 @@ def test_run_directory_contents(tmp_path):
     assert config["val_dataset"] == "shapes:val" and config["test_dataset"] == "shapes:test"
     assert config["device"] == "cpu"
     assert config["augment"] == "flip"          # "auto" resolved for shapes
-    records = train._read_jsonl(os.path.join(out, "metrics.jsonl"))
+    records = runlog.read_jsonl(os.path.join(out, "metrics.jsonl"))
     evals = [r for r in records if r.get("split") == "val"]
     assert [r["iteration"] for r in evals] == [2, 4]
     assert [r["iteration"] for r in records if r.get("split") == "test"] == [4]
@@ -200,9 +202,9 @@ def test_state_flatten_round_trip():
     state = {"step": 3, "lr": 0.5, "buffers": {"a.W": np.arange(6.0).reshape(2, 3), "b": np.zeros(2)},
              "order": [np.array([3, 1, 2]), 7], "name": "x", "none": None}
     arrays = {}
-    skeleton = train._flatten("optim", state, arrays)
+    skeleton = run_state.flatten("optim", state, arrays)
     json.dumps(skeleton)  # the skeleton goes into JSON metadata
-    back = train._unflatten(skeleton, arrays)
+    back = run_state.unflatten(skeleton, arrays)
     assert back["step"] == 3 and back["lr"] == 0.5 and back["name"] == "x" and back["none"] is None
     assert np.array_equal(back["buffers"]["a.W"], state["buffers"]["a.W"])
     assert np.array_equal(back["order"][0], state["order"][0]) and back["order"][1] == 7
@@ -212,7 +214,7 @@ def test_state_flatten_round_trip():
 def test_format_ap_table():
     result = {"ap07": {1: 1.0, 2: 0.5}, "ap_area": {1: 1.0, 2: 0.25}, "num_gt": {1: 3, 2: 2},
               "map07": 0.75, "map_area": 0.625}
-    text = train.format_ap_table(result, ["circle", "square"], "title")
+    text = runlog.format_ap_table(result, ["circle", "square"], "title")
     lines = text.splitlines()
     assert lines[0] == "title"
     assert lines[2].split() == ["circle", "3", "1.000", "1.000"]
@@ -223,8 +225,8 @@ def test_format_ap_table():
 def test_time_plan_shortens_the_run_and_is_kept_on_resume(tmp_path, monkeypatch, capsys):
     # A budget far too small for 50 iterations: after measuring the speed (iterations 1-3 here) the
     # run is planned shorter, the plan goes into the checkpoint, and a resume follows it.
-    monkeypatch.setattr(train, "PLAN_FROM", 1)
-    monkeypatch.setattr(train, "PLAN_AT", 3)
+    monkeypatch.setattr(budget, "PLAN_FROM", 1)
+    monkeypatch.setattr(budget, "PLAN_AT", 3)
     out = str(tmp_path / "plan")
     code = train.main([*TINY, "--out", out, "--iterations", "50", "--max-minutes", "0.001",
                        "--num-workers", "0"])
@@ -240,9 +242,9 @@ def test_time_plan_shortens_the_run_and_is_kept_on_resume(tmp_path, monkeypatch,
 
 
 def test_fractional_milestones():
-    assert train._milestones({"milestones": "0.5,0.9"}, 200) == [100, 180]
-    assert train._milestones({"milestones": "300,400"}, 1000) == [300, 400]
-    sched = train.make_schedule(dict(train.DEFAULTS, milestones="0.5", warmup=0, lr=0.1), 10)
+    assert recipe.parse_milestones({"milestones": "0.5,0.9"}, 200) == [100, 180]
+    assert recipe.parse_milestones({"milestones": "300,400"}, 1000) == [300, 400]
+    sched = recipe.make_schedule(dict(train.DEFAULTS, milestones="0.5", warmup=0, lr=0.1), 10)
     assert sched(4) == pytest.approx(0.1) and sched(5) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="--milestones"):
-        train._milestones({"milestones": "2.5"}, 10)
+        recipe.parse_milestones({"milestones": "2.5"}, 10)
