@@ -8,7 +8,13 @@ its input again. The loops run without the GIL.
 
 IoU is computed with the same operations in the same order as the twin (areas as (x2 - x1) * (y2 - y1),
 union = area_a + area_b - inter), so results are bitwise equal and thresholds and ties resolve the same
-way in both. No "+1" pixel convention: boxes are continuous, normalised coordinates.
+way in both. Boxes are continuous coordinates; only `iou_matrix` offers the VOC devkit's "+1" pixel
+convention (``one`` = 1: a box from x1 to x2 covers x2 - x1 + 1 pixels), for the VOC metric. Matching
+and NMS pass ``one`` = 0, which changes nothing (x + 0.0 == x except for the sign of a zero width,
+and a zero width returns 0 either way).
+
+Degenerate boxes: the IoU is 0 whenever the intersection has no positive width or height, or the union
+is not positive. A zero-area box therefore has IoU 0 with every box, itself included (never 0 / 0).
 """
 import numpy as np
 
@@ -16,13 +22,18 @@ from libc.stdint cimport int64_t, uint64_t
 
 
 cdef inline double _iou(double ax1, double ay1, double ax2, double ay2, double area_a,
-                        double bx1, double by1, double bx2, double by2, double area_b) noexcept nogil:
-    """Intersection over union of two xyxy boxes whose areas are given; 0 when they do not overlap."""
+                        double bx1, double by1, double bx2, double by2, double area_b,
+                        double one) noexcept nogil:
+    """Intersection over union of two xyxy boxes whose areas are given; 0 when they do not overlap.
+
+    ``one``: 0 for continuous coordinates, 1 for inclusive pixel indices (then the areas must be
+    (x2 - x1 + 1) * (y2 - y1 + 1), as `_area` gives them).
+    """
     cdef double iw, ih, inter, uni
-    iw = (ax2 if ax2 < bx2 else bx2) - (ax1 if ax1 > bx1 else bx1)
+    iw = (ax2 if ax2 < bx2 else bx2) - (ax1 if ax1 > bx1 else bx1) + one
     if iw <= 0.0:
         return 0.0
-    ih = (ay2 if ay2 < by2 else by2) - (ay1 if ay1 > by1 else by1)
+    ih = (ay2 if ay2 < by2 else by2) - (ay1 if ay1 > by1 else by1) + one
     if ih <= 0.0:
         return 0.0
     inter = iw * ih
@@ -32,23 +43,27 @@ cdef inline double _iou(double ax1, double ay1, double ax2, double ay2, double a
     return inter / uni
 
 
-cdef inline double _area(const double[:, ::1] b, Py_ssize_t i) noexcept nogil:
-    return (b[i, 2] - b[i, 0]) * (b[i, 3] - b[i, 1])
+cdef inline double _area(const double[:, ::1] b, Py_ssize_t i, double one) noexcept nogil:
+    return (b[i, 2] - b[i, 0] + one) * (b[i, 3] - b[i, 1] + one)
 
 
-def iou_matrix(const double[:, ::1] a, const double[:, ::1] b, double[:, ::1] out):
-    """out[i, j] = IoU(a[i], b[j]). a (A, 4), b (B, 4) xyxy; out (A, B). Twin: iou_ref."""
+def iou_matrix(const double[:, ::1] a, const double[:, ::1] b, double[:, ::1] out, bint inclusive_pixels=False):
+    """out[i, j] = IoU(a[i], b[j]). a (A, 4), b (B, 4) xyxy; out (A, B). Twin: iou_ref.
+
+    ``inclusive_pixels``: the VOC devkit's convention (+1 on every width and height).
+    """
     cdef Py_ssize_t A = a.shape[0], B = b.shape[0], i, j
     cdef double[::1] area_b = np.empty(B, dtype=np.float64)
     cdef double area_a
+    cdef double one = 1.0 if inclusive_pixels else 0.0
     with nogil:
         for j in range(B):
-            area_b[j] = _area(b, j)
+            area_b[j] = _area(b, j, one)
         for i in range(A):
-            area_a = _area(a, i)
+            area_a = _area(a, i, one)
             for j in range(B):
                 out[i, j] = _iou(a[i, 0], a[i, 1], a[i, 2], a[i, 3], area_a,
-                                 b[j, 0], b[j, 1], b[j, 2], b[j, 3], area_b[j])
+                                 b[j, 0], b[j, 1], b[j, 2], b[j, 3], area_b[j], one)
 
 
 cdef inline Py_ssize_t _first_above(const double[::1] a, Py_ssize_t lo, Py_ssize_t hi, double x) noexcept nogil:
@@ -108,7 +123,7 @@ cdef Py_ssize_t _overlapping(const double[:, ::1] soa, const Py_ssize_t[::1] ord
         for k in range(sx1.shape[0]):
             if sy1[k] >= by2 or sy2[k] <= by1 or sx1[k] >= bx2 or sx2[k] <= bx1:
                 continue
-            v = _iou(sx1[k], sy1[k], sx2[k], sy2[k], sarea[k], bx1, by1, bx2, by2, ba)
+            v = _iou(sx1[k], sy1[k], sx2[k], sy2[k], sarea[k], bx1, by1, bx2, by2, ba, 0.0)
             out_k[count] = k
             out_v[count] = v
             count += 1
@@ -135,7 +150,7 @@ cdef Py_ssize_t _overlapping(const double[:, ::1] soa, const Py_ssize_t[::1] ord
             k_lo = _first_above(sy2, col_start[c], col_start[c + 1], by1)
             k_hi = _first_at_least(sy1, k_lo, col_start[c + 1], by2)
             for k in range(k_lo, k_hi):
-                v = _iou(sx1[k], sy1[k], sx2[k], sy2[k], sarea[k], bx1, by1, bx2, by2, ba)
+                v = _iou(sx1[k], sy1[k], sx2[k], sy2[k], sarea[k], bx1, by1, bx2, by2, ba, 0.0)
                 out_k[count] = k
                 out_v[count] = v
                 count += 1
@@ -356,7 +371,7 @@ def nms_sorted(const double[:, ::1] boxes, double threshold, Py_ssize_t[::1] kee
             ba = (bx2 - bx1) * (by2 - by1)
             sup = False
             for a in range(count):
-                if _iou(x1[a], y1[a], x2[a], y2[a], ar[a], bx1, by1, bx2, by2, ba) > threshold:
+                if _iou(x1[a], y1[a], x2[a], y2[a], ar[a], bx1, by1, bx2, by2, ba, 0.0) > threshold:
                     sup = True
                     break
             if sup:
@@ -454,7 +469,7 @@ def detect_batch(const double[:, :, ::1] boxes, const double[:, :, ::1] probs, d
                     q = kept[bc, a]
                     # the kept box first, as in the twin (_iou is symmetric anyway)
                     if _iou(boxes[n, q, 0], boxes[n, q, 1], boxes[n, q, 2], boxes[n, q, 3], area[q],
-                            bx1, by1, bx2, by2, ba) > nms_threshold:
+                            bx1, by1, bx2, by2, ba, 0.0) > nms_threshold:
                         suppressed = True
                         break
                 if suppressed:

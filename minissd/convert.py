@@ -151,7 +151,8 @@ def convert_state_dict(state_dict: dict, class_names=None) -> tuple[SSD, dict]:
         raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes - 1} "
                          "object classes")
 
-    model = SSD(torchvision_model_config(), num_classes, rng=np.random.default_rng(0), dtype=np.float32)
+    model = SSD(torchvision_model_config(), num_classes, rng=np.random.default_rng(0), dtype=np.float32,
+                input_mean=[255.0 * m for m in TORCHVISION_MEAN01], input_std=[1.0, 1.0, 1.0])
     own = {name: p for name, p, _ in model.named_parameters()}
     assert set(own) == set(key_map.values()), "key map and model disagree"  # a bug here, not bad input
     for tv_key, ours in key_map.items():

@@ -24,7 +24,7 @@ died without MPI_Abort hangs). `MPIComm` therefore installs a ``sys.excepthook``
 names the rank and calls ``MPI_Abort``, which ends every process of the job with a non-zero status;
 `Communicator.guard` does the same for a block of code, SystemExit with a non-zero code included.
 
-Walkthrough: docs/12-data-parallel.md (issue 14).
+Issue 14 (data-parallel training); the trainer integration and the docs page come with it.
 """
 from __future__ import annotations
 

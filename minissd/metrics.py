@@ -32,7 +32,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["voc_ap", "evaluate_detections", "box_iou", "match_detections", "coco_evaluate",
+from .boxes import iou as box_iou
+
+__all__ = ["voc_ap", "evaluate_detections", "match_detections", "coco_evaluate",
            "write_coco_results", "coco_results", "COCO_STAT_NAMES"]
 
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -87,26 +89,6 @@ def voc_ap(recall, precision, use_07_metric: bool = True) -> float:
 # ----------------------------------------------------------------------------------------------
 # Matching detections to ground truth in one image
 # ----------------------------------------------------------------------------------------------
-def box_iou(a_xyxy, b_xyxy, inclusive_pixels: bool = False):
-    """IoU of every box in ``a`` (A, 4) with every box in ``b`` (B, 4) -> (A, B) float64.
-
-    ``inclusive_pixels=True`` is the VOC devkit's convention for integer pixel indices: a box from
-    x1 to x2 covers ``x2 - x1 + 1`` pixels (both ends included).
-    """
-    a = np.asarray(a_xyxy, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b_xyxy, dtype=np.float64).reshape(-1, 4)
-    one = 1.0 if inclusive_pixels else 0.0
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]) + one
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]) + one
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)                       # (A, B)
-    area_a = (a[:, 2] - a[:, 0] + one) * (a[:, 3] - a[:, 1] + one)            # (A,)
-    area_b = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)            # (B,)
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-    return iou
-
-
 def match_detections(det_xyxy, gt_xyxy, gt_difficult, iou_threshold: float = 0.5,
                      inclusive_pixels: bool = False, devkit_matching: bool = True):
     """True/false positives of one image's detections of one class, given in rank order.
@@ -133,7 +115,10 @@ def match_detections(det_xyxy, gt_xyxy, gt_difficult, iou_threshold: float = 0.5
     if len(gt_xyxy) == 0:
         fp[:] = True
         return tp, fp
-    iou = box_iou(det_xyxy, gt_xyxy, inclusive_pixels)                  # (K, G)
+    # minissd's one IoU (with the devkit's +1 when inclusive_pixels); the same operations in the same
+    # order as the NumPy code that stood here, so every overlap, and hence every AP, is bitwise unchanged.
+    iou = box_iou(np.asarray(det_xyxy, dtype=np.float64).reshape(-1, 4),
+                  np.asarray(gt_xyxy, dtype=np.float64).reshape(-1, 4), bool(inclusive_pixels))  # (K, G)
     if devkit_matching:
         # Each detection's best box does not depend on earlier matches, so this is vectorised:
         # a hit on a non-difficult box is a TP only for the first (best-ranked) detection taking it.
@@ -221,6 +206,8 @@ def _prepare(detections, ground_truths, num_classes):
     for i, d in enumerate(detections):
         boxes, labels, scores = _fields(d, ("boxes", "labels", "scores"), "detections", i)
         boxes = _as_boxes(boxes, f"detections[{i}].boxes")
+        if np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1]):  # as minissd.boxes.iou needs
+            raise ValueError(f"detections[{i}].boxes must be xyxy with x2 >= x1 and y2 >= y1")
         labels = _as_labels(labels, len(boxes), num_classes, f"detections[{i}].labels")
         scores = np.asarray(scores, dtype=np.float64).reshape(-1) if scores is not None else None
         if scores is None or scores.shape != (len(boxes),):

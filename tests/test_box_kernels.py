@@ -5,13 +5,11 @@ scores repeat: the tie-breaking rules are exercised) or continuous.
 """
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from conftest import gpu
 from minissd._ext import load_extension
-from minissd.boxes import (batched_detect, batched_detect_ref, encode, iou, iou_ref, match, match_batch,
-                           match_ref, nms, nms_ref, xyxy_to_cxcywh)
+from minissd.boxes import (batched_detect, batched_detect_ref, build_prior_index, encode, iou, iou_ref, match,
+                           match_batch, match_ref, nms, nms_ref, xyxy_to_cxcywh)
 from minissd.boxes import ops
 from minissd.boxes.gpu import nms_bitmask_ref
 from minissd.priors import make_priors
@@ -51,6 +49,68 @@ def test_iou_kernel_equals_twin(seed, a, b, grid):
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(got, want)          # same operations in the same order: bitwise
     assert np.all((got >= 0) & (got <= 1))
+
+
+def pixel_boxes(rng, n, grid):
+    """(n, 4) xyxy boxes in pixels: integer indices (ties, shared edges, x1 == x2) or continuous."""
+    if grid:
+        p = rng.integers(0, 12, (n, 4)).astype(float)
+    else:
+        p = rng.random((n, 4)) * 40
+    return np.concatenate([np.minimum(p[:, :2], p[:, 2:]), np.maximum(p[:, :2], p[:, 2:])], axis=1)
+
+
+def devkit_iou(a, b):
+    """The VOC devkit's overlap (VOCevaldet.m), one pair at a time: both end pixels count."""
+    iw = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    ih = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    return inter / ((a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter)
+
+
+@SETTINGS
+@given(seed=seeds, a=st.integers(0, 30), b=st.integers(0, 30), grid=st.booleans())
+def test_iou_inclusive_pixels_kernel_equals_twin_and_the_devkit(seed, a, b, grid):
+    rng = np.random.default_rng(seed)
+    A, B = pixel_boxes(rng, a, grid), pixel_boxes(rng, b, grid)
+    got, want = iou(A, B, inclusive_pixels=True), iou_ref(A, B, inclusive_pixels=True)
+    assert got.shape == (a, b)
+    np.testing.assert_array_equal(got, want)
+    loop = np.array([[devkit_iou(x, y) for y in B] for x in A]).reshape(a, b)
+    np.testing.assert_array_equal(got, loop)           # the devkit's formula, bit for bit
+    assert np.all((got >= 0) & (got <= 1))
+
+
+@SETTINGS
+@given(seed=seeds, n=st.integers(1, 20), inclusive=st.booleans())
+def test_iou_degenerate_boxes_follow_the_one_rule(seed, n, inclusive):
+    # A box with x1 == x2 or y1 == y2 has no area: IoU 0 with every box, itself included (never NaN).
+    # With inclusive_pixels it covers one column/row of pixels and is an ordinary box.
+    rng = np.random.default_rng(seed)
+    B = pixel_boxes(rng, n, True)
+    flat = B.copy()
+    flat[:, 2] = flat[:, 0]                            # zero width
+    flat[::2, 3] = flat[::2, 1]                        # and every other one zero height too
+    for other in (B, flat):
+        got, want = iou(flat, other, inclusive), iou_ref(flat, other, inclusive)
+        np.testing.assert_array_equal(got, want)
+        assert np.all(np.isfinite(got))
+        if not inclusive:
+            assert not np.any(got)
+    if inclusive:
+        np.testing.assert_array_equal(np.diag(iou(flat, flat, True)), 1.0)   # a 1-pixel-wide box is itself
+    touching = np.array([[0.0, 0.0, 1.0, 1.0]]), np.array([[1.0, 0.0, 2.0, 1.0]])
+    assert iou(*touching)[0, 0] == 0.0                 # a shared edge is no overlap...
+    assert iou(*touching, inclusive_pixels=True)[0, 0] == 2 / 6   # ...but one shared pixel column
+
+
+def test_iou_checks_its_input():
+    with pytest.raises(ValueError, match="inclusive_pixels must be True or False"):
+        iou(np.zeros((1, 4)), np.zeros((1, 4)), inclusive_pixels="yes")
+    with pytest.raises(ValueError, match=r"b_xyxy\[0\].*x2 < x1"):
+        iou(np.zeros((1, 4)), np.array([[2.0, 0, 1, 1]]), inclusive_pixels=True)
 
 
 @SETTINGS
@@ -117,7 +177,8 @@ def test_match_kernel_equals_twin_on_arbitrary_priors(seed, p, g, grid, thr, str
 def test_match_batch_equals_twin_on_default_boxes(name, seed, n, smax, thr, strategy):
     # Default boxes take the grouped path (binary searches and the area bound); the twin sees the full table.
     priors = make_priors(name)
-    assert ops._prior_index(priors).grouped
+    index = build_prior_index(priors)
+    assert index.grouped
     rng = np.random.default_rng(seed)
     gts, labs = [], []
     for _ in range(n):
@@ -128,7 +189,10 @@ def test_match_batch_equals_twin_on_default_boxes(name, seed, n, smax, thr, stra
             b[2] = b[1]
         gts.append(b)
         labs.append(rng.integers(1, 21, g))
-    L, M = match_batch(priors, gts, labs, thr, strategy)
+    L, M = match_batch(priors, gts, labs, thr, strategy, index=index)
+    L0, M0 = match_batch(priors, gts, labs, thr, strategy)      # the index built on the spot: the same
+    np.testing.assert_array_equal(L, L0)
+    np.testing.assert_array_equal(M, M0)
     for i in range(n):
         lr, mr = match_ref(priors, gts[i], labs[i], thr, strategy)
         np.testing.assert_array_equal(L[i], lr)
@@ -140,11 +204,11 @@ def test_match_grouped_and_flat_layouts_agree(rng):
     xy = rng.random((30, 2)) * 0.7
     gt = np.concatenate([xy, xy + 0.01 + rng.random((30, 2)) * 0.3], axis=1)
     labels = rng.integers(1, 5, 30)
-    idx_flat = ops._prior_index(priors, grouped=False)
+    idx_flat = build_prior_index(priors, grouped=False)
     assert not idx_flat.grouped
     out = {}
     for grouped in (True, False):
-        ix = ops._prior_index(priors, grouped=grouped)
+        ix = build_prior_index(priors, grouped=grouped)
         L = np.zeros((1, len(priors)), np.int64)
         M = np.zeros((1, len(priors), 4))
         K.match_batch(ix.priors_xyxy, ix.soa, ix.order, ix.group_col, ix.group_area, ix.col_start, ix.col_x1,
@@ -292,17 +356,41 @@ def test_gpu_iou_coder_and_match_equal_cpu():
                                atol=1e-12)
 
 
-def test_prior_index_cache_follows_the_priors(rng):
-    # match_batch caches its index of the last priors; a changed set of priors must not reuse it.
+def test_prior_index_passed_in_or_built_on_the_spot(rng):
+    # No module-level cache: each call either gets the owner's index or builds one; alternating sets of
+    # priors, with and without an index, all match as the twin does.
     gt = random_boxes(rng, 6, False, positive=True)
     labels = np.arange(1, 7)
     a = make_priors("small")
     b = a.copy()
     b[:, :2] = 1 - b[:, :2]                     # same shapes, mirrored centres
-    for priors in (a, b, a, make_priors("ssd300"), b):
-        got = match(priors, gt, labels)
+    c = make_priors("ssd300")
+    indexes = {id(p): build_prior_index(p) for p in (a, b, c)}
+    for priors in (a, b, a, c, b):
         want = match_ref(priors, gt, labels)
-        np.testing.assert_array_equal(got[0], want[0])
-        np.testing.assert_array_equal(got[1], want[1])
-    b[0, 0] += 1e-3                             # edited in place: still noticed
-    np.testing.assert_array_equal(match(b, gt, labels)[1], match_ref(b, gt, labels)[1])
+        for index in (None, indexes[id(priors)]):
+            got = match(priors, gt, labels, index=index)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+    assert not hasattr(ops, "_last_index")
+
+
+def test_a_stale_prior_index_is_refused(rng):
+    gt = random_boxes(rng, 3, False, positive=True)
+    a = make_priors("small")
+    index = build_prior_index(a)
+    b = a.copy()
+    b[0, 0] += 1e-3                             # one prior moved: the index no longer describes them
+    with pytest.raises(ValueError, match="index was built from other priors"):
+        match(b, gt, [1, 2, 3], index=index)
+    with pytest.raises(ValueError, match="index was built from other priors"):
+        match_batch(make_priors("ssd300"), [gt], [[1, 2, 3]], index=index)
+    with pytest.raises(ValueError, match="index must be a PriorIndex"):
+        match_batch(a, [gt], [[1, 2, 3]], index="an index")
+    a[0, 0] += 1e-3                             # the index holds its own copy: editing the priors is noticed
+    with pytest.raises(ValueError, match="index was built from other priors"):
+        match(a, gt, [1, 2, 3], index=index)
+    with pytest.raises(ValueError, match=r"priors_cxcywh\[0\].*zero or negative width"):
+        build_prior_index(np.array([[0.5, 0.5, 0.0, 0.1]]))
+    np.testing.assert_allclose(cp.asnumpy(iou(cp.asarray(a * 50), cp.asarray(b * 50), inclusive_pixels=True)),
+                               iou(a * 50, b * 50, inclusive_pixels=True), atol=1e-12)

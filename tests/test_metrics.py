@@ -10,7 +10,8 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from minissd.metrics import (box_iou, coco_evaluate, coco_results, evaluate_detections, match_detections, voc_ap,
+from minissd.boxes import iou as box_iou
+from minissd.metrics import (coco_evaluate, coco_results, evaluate_detections, match_detections, voc_ap,
                              write_coco_results)
 
 A = [0, 0, 10, 10]

@@ -7,8 +7,10 @@ import pytest
 
 from conftest import gpu
 from minissd.checkpoint import CheckpointError, save_checkpoint
+from minissd.boxes import build_prior_index, match_batch
 from minissd.model import (MODEL_CONFIGS, SSD, build_model, describe, get_config, load_model, save_model,
                            scale_width, source_sizes)
+from minissd.model.configs import IMAGENET_STD, UNIT_STD, VGG_MEAN, input_normalisation
 from minissd.priors import num_priors
 from minissd.testing import directional_check
 
@@ -403,6 +405,117 @@ def test_extra_arrays_ride_along_and_are_not_parameters(tmp_path, rng):
     assert back.num_parameters() == model.num_parameters()
     with pytest.raises(ValueError, match="must contain '/'"):
         save_model(tmp_path / "n.npz", model, {}, extra_arrays={"momentum": np.ones(3)})
+
+
+# -- input normalisation: part of the config, saved and loaded with the weights ------------------------
+@pytest.mark.parametrize("name,std", [("small", IMAGENET_STD), ("ssd300", UNIT_STD), ("ssd512", UNIT_STD)])
+def test_each_config_carries_its_input_normalisation(name, std):
+    assert MODEL_CONFIGS[name]["input_mean"] == list(VGG_MEAN) == [123.0, 117.0, 104.0]
+    assert MODEL_CONFIGS[name]["input_std"] == list(std)
+    assert input_normalisation(name) == (VGG_MEAN, std)
+    narrow = scale_width(name, 0.125)            # a derived config keeps its parent's normalisation
+    assert input_normalisation(narrow) == (VGG_MEAN, std)
+
+
+def test_the_model_takes_its_normalisation_from_the_config_or_the_caller(rng):
+    model = build_model("small", 3, rng)
+    assert model.input_mean == (123.0, 117.0, 104.0) and model.input_std == (58.4, 57.1, 57.4)
+    assert all(type(v) is float for v in model.input_mean + model.input_std)
+    own = build_model("small", 3, rng, input_mean=np.array([1, 2, 3]), input_std=[4.0, 5.0, 6.0])
+    assert own.input_mean == (1.0, 2.0, 3.0) and own.input_std == (4.0, 5.0, 6.0)
+    assert own.config["input_mean"] == [1.0, 2.0, 3.0]          # the config says what the model uses
+    ssd = SSD(scale_width("ssd300", 0.125), 3, rng, input_std=(2, 2, 2))
+    assert ssd.input_mean == VGG_MEAN and ssd.input_std == (2.0, 2.0, 2.0)
+    own.input_mean = (9, 9, 9)                    # setting it validates and keeps the config in step
+    assert own.config["input_mean"] == [9.0, 9.0, 9.0]
+    # A config dict from before the keys existed: the named config's pair, else the Caffe convention.
+    old = get_config("small")
+    del old["input_mean"], old["input_std"]
+    assert build_model(old, 3, rng).input_std == IMAGENET_STD
+    old["name"] = "my_net"
+    assert build_model(old, 3, rng).input_std == UNIT_STD and build_model(old, 3, rng).input_mean == VGG_MEAN
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(input_mean=(1, 2)), "input_mean must be 3 numbers"),
+    (dict(input_mean="rgb"), "input_mean must be 3 numbers"),
+    (dict(input_mean=(1, float("nan"), 3)), "input_mean must be 3 finite numbers"),
+    (dict(input_std=(1, 0, 1)), "input_std must be positive"),
+    (dict(input_std=(1, True, 1)), "input_std must be 3 finite numbers"),
+])
+def test_bad_normalisation_is_refused(kwargs, match, rng):
+    with pytest.raises(ValueError, match=match):
+        build_model("small", 3, rng, **kwargs)
+    with pytest.raises(ValueError, match=match.split()[0]):
+        model = build_model("small", 3, rng)
+        for k, v in kwargs.items():
+            setattr(model, k, v)
+    config = get_config("small")
+    config.update({k: list(v) if not isinstance(v, str) else v for k, v in kwargs.items()})
+    with pytest.raises(ValueError, match="model config '" + match.split()[0]):
+        get_config(config)
+
+
+def test_normalisation_round_trips_through_save_and_load(tmp_path, rng):
+    model = build_model("small", 3, rng, input_mean=(120.5, 110.25, 100.0), input_std=(60.0, 61.0, 62.0))
+    path = save_model(tmp_path / "m.npz", model, {"input_mean": [0, 0, 0]})   # the model's values win
+    back, meta = load_model(path)
+    assert back.input_mean == (120.5, 110.25, 100.0) and back.input_std == (60.0, 61.0, 62.0)
+    assert meta["input_mean"] == [120.5, 110.25, 100.0] and meta["input_std"] == [60.0, 61.0, 62.0]
+    into = build_model("small", 3, rng)
+    assert into.input_mean == VGG_MEAN
+    load_model(path, model=into)
+    assert into.input_mean == (120.5, 110.25, 100.0) and into.input_std == (60.0, 61.0, 62.0)
+    wrong = build_model("small", 5, rng)          # weights that do not fit leave the model as it was
+    with pytest.raises(CheckpointError):
+        load_model(path, model=wrong)
+    assert wrong.input_mean == VGG_MEAN and wrong.input_std == IMAGENET_STD
+
+
+def _old_format_file(path, model, **meta_extra):
+    """A checkpoint as save_model wrote it before the normalisation was part of the config."""
+    config = dict(model.config)
+    del config["input_mean"], config["input_std"]
+    meta = {"format": "minissd.model/1", "config": config, "num_classes": model.num_classes, **meta_extra}
+    return save_checkpoint(path, dict(model.state_dict()), meta)
+
+
+def test_files_written_before_the_change_still_load(tmp_path, rng):
+    model = build_model("small", 3, rng)
+    # The training command stored the pair as meta "input_mean"/"input_std": those values come back.
+    trained = _old_format_file(tmp_path / "trained.npz", model, input_mean=[123.0, 117.0, 104.0],
+                               input_std=[58.4, 57.1, 57.4], class_names=["a", "b"])
+    back, meta = load_model(trained)
+    assert back.input_mean == VGG_MEAN and back.input_std == IMAGENET_STD and meta["class_names"] == ["a", "b"]
+    custom = _old_format_file(tmp_path / "custom.npz", model, input_mean=[1, 2, 3], input_std=[4, 5, 6])
+    back, _ = load_model(custom)
+    assert back.input_mean == (1.0, 2.0, 3.0) and back.input_std == (4.0, 5.0, 6.0)
+    # Without them (save_model files): the config's default, by config name.
+    bare = _old_format_file(tmp_path / "bare.npz", model)
+    back, meta = load_model(bare)
+    assert back.input_mean == VGG_MEAN and back.input_std == IMAGENET_STD and "input_mean" not in meta
+    for (_, p1, _), (_, p2, _) in zip(model.named_parameters(), back.named_parameters()):
+        np.testing.assert_array_equal(p1, p2)
+    into = build_model("small", 3, rng, input_mean=(7, 7, 7))
+    load_model(bare, model=into)
+    assert into.input_mean == VGG_MEAN
+    bad = _old_format_file(tmp_path / "bad.npz", model, input_std=[1, 0, 1])
+    with pytest.raises(CheckpointError, match="input_std must be positive"):
+        load_model(bad)
+
+
+# -- the prior index: built once by the model, passed to matching -----------------------------------
+def test_the_model_owns_its_prior_index(rng):
+    model = build_model("small", 3, rng)
+    index = model.prior_index
+    np.testing.assert_array_equal(index.priors_cxcywh, model.priors_cxcywh)
+    np.testing.assert_array_equal(index.order, build_prior_index(model.priors_cxcywh).order)
+    gt = [np.array([[0.1, 0.1, 0.4, 0.5], [0.5, 0.5, 0.9, 0.8]]), np.zeros((0, 4))]
+    labels = [np.array([1, 2]), np.zeros(0, np.int64)]
+    _, lab = model.targets(gt, labels)
+    np.testing.assert_array_equal(lab, match_batch(model.priors_cxcywh, gt, labels)[0])   # index built on the spot
+    model.targets(gt, labels)
+    assert model.prior_index is index             # built once, not per call
 
 
 # -- CPU == GPU ------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from minissd.boxes import iou as boxes_iou
 from minissd.data import ShapesDataset, VOCDataset, open_dataset
 from minissd.data import shapes as shapes_mod
 from minissd.data.shapes import CLASS_NAMES, SPLIT_IDS, _background, draw_image
@@ -129,13 +130,11 @@ def test_triangles_point_up_unless_asked_otherwise():
 
 def test_same_class_boxes_never_overlap_beyond_nms():
     # Per-class NMS at IoU 0.45 keeps only one of two such boxes; the dataset never draws them.
-    from minissd.data.transforms import iou_xyxy
-
     ds = ShapesDataset("test", count=300)
     worst = 0.0
     for i in range(len(ds)):
         s = ds.get(i)
-        iou = iou_xyxy(s.boxes.astype(float), s.boxes.astype(float))
+        iou = boxes_iou(s.boxes, s.boxes)
         np.fill_diagonal(iou, 0.0)
         same = s.labels[:, None] == s.labels[None, :]
         worst = max(worst, float((iou * same).max(initial=0.0)))

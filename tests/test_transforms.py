@@ -5,7 +5,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minissd.data import EvalTransform, TrainTransform, preprocess
-from minissd.data.transforms import iou_xyxy, photometric_distort, render, sample_crop
+from minissd.boxes import iou
+from minissd.data.transforms import photometric_distort, render, sample_crop
 
 
 def _channel_boxes_image(rng, height, width, n):
@@ -84,7 +85,7 @@ def test_deterministic_given_the_generator():
 
 def _satisfies(patch, boxes, threshold):
     patch = np.array([patch], float)
-    overlap = iou_xyxy(patch, boxes)[0]
+    overlap = iou(patch, boxes)[0]
     cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     inside = (cx >= patch[0, 0]) & (cx <= patch[0, 2]) & (cy >= patch[0, 1]) & (cy <= patch[0, 3])
     return overlap.max() >= threshold and inside.any()

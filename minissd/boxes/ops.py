@@ -10,7 +10,7 @@ kernel of gpu.py; `match`, `match_batch` and `batched_detect` copy their inputs 
 host kernel, and return `match`'s results on the input's device (`batched_detect` returns NumPy: its
 detections are the edge of the model).
 
-Paper: section 2.3 "Matching strategy" (match), section 3 "Experimental results" (NMS at 0.45, top 200).
+Paper: section 2.2 "Matching strategy" (match), section 3 "Experimental results" (NMS at 0.45, top 200).
 Walkthrough: docs/02-matching-and-encoding.md, docs/08-nms.md.
 """
 from __future__ import annotations
@@ -133,35 +133,55 @@ def _positive_int(x, name):
 
 # --- IoU ----------------------------------------------------------------------------------------------
 
-def iou(a_xyxy, b_xyxy):
-    """Intersection over union of every box of ``a`` with every box of ``b``.
+def iou(a_xyxy, b_xyxy, inclusive_pixels=False):
+    """Intersection over union of every box of ``a`` with every box of ``b``: the one IoU of minissd.
+
+    Matching, NMS, the VOC metric, the crop sampler of the augmentation and the shapes generator all
+    compute their overlaps with this function (or, inside the kernels, its `_iou`).
 
     Parameters
     ----------
     a_xyxy : (A, 4), b_xyxy : (B, 4)
-        Boxes as (x1, y1, x2, y2) with x1 <= x2, y1 <= y2. Zero-area boxes are allowed (IoU 0).
+        Boxes as (x1, y1, x2, y2) with x1 <= x2, y1 <= y2, finite (ValueError naming the argument
+        otherwise).
+    inclusive_pixels : bool
+        False (default): continuous coordinates, a box is [x1, x2] x [y1, y2] with area
+        (x2 - x1) * (y2 - y1). True: the PASCAL VOC devkit's convention for integer pixel indices,
+        where both ends are included: widths and heights are x2 - x1 + 1 and y2 - y1 + 1, for the
+        intersection as for the areas.
 
     Returns
     -------
-    (A, B) float64: |a ∩ b| / |a ∪ b|, 0 for disjoint boxes. NumPy in, NumPy out (Cython kernel);
-    CuPy in, CuPy out (computed on the GPU).
+    (A, B) float64: |a ∩ b| / |a ∪ b|. NumPy in, NumPy out (Cython kernel); CuPy in, CuPy out
+    (computed on the GPU by the twin `iou_ref`).
+
+    Degenerate boxes, the one rule: the IoU is 0 when the intersection has no positive width or no
+    positive height, or the union is not positive. So disjoint and touching boxes give 0, and a
+    zero-area box (x1 == x2 or y1 == y2; only possible without ``inclusive_pixels``) has IoU 0 with
+    every box, itself included, never 0 / 0 = NaN.
     """
     xp = get_array_module(a_xyxy, b_xyxy)
     a = _boxes(a_xyxy, "a_xyxy", xp=xp)
     b = _boxes(b_xyxy, "b_xyxy", xp=xp)
+    if not isinstance(inclusive_pixels, (bool, np.bool_)):
+        raise ValueError(f"inclusive_pixels must be True or False, got {inclusive_pixels!r}")
     if xp is not np:
         from .reference import iou_ref
-        return iou_ref(a, b)
+        return iou_ref(a, b, bool(inclusive_pixels))
     out = np.zeros((a.shape[0], b.shape[0]), dtype=np.float64)
     if out.size:
-        _k().iou_matrix(a, b, out)
+        _k().iou_matrix(a, b, out, bool(inclusive_pixels))
     return out
 
 
 # --- matching -----------------------------------------------------------------------------------------
 
-class _PriorIndex(NamedTuple):
-    """Priors arranged so the match kernel visits only the priors that overlap a ground truth."""
+class PriorIndex(NamedTuple):
+    """Priors arranged so the match kernel visits only the priors that overlap a ground truth.
+
+    Built by `build_prior_index`; whoever owns the priors (the SSD model) builds it once and passes it
+    to `match`/`match_batch`, which otherwise build it on every call.
+    """
 
     priors_cxcywh: np.ndarray   # (P, 4) the priors this index was built from (a private copy)
     priors_xyxy: np.ndarray     # (P, 4)
@@ -175,24 +195,21 @@ class _PriorIndex(NamedTuple):
     grouped: bool               # False: one flat list, every prior tested
 
 
-_last_index = None  # training matches against the same priors every iteration: build the index once
+def build_prior_index(priors_cxcywh, grouped=None) -> PriorIndex:
+    """The index `match`/`match_batch` search: build it once per set of priors and pass it in.
 
-
-def _prior_index(priors_cxcywh, grouped=None) -> _PriorIndex:
-    """Sort the priors by (shape (w, h), centre x, centre y, index) and mark groups and columns.
-
+    Sorts the priors by (shape (w, h), centre x, centre y, index) and marks groups and columns.
     Within a group (one shape) x1 = cx - w/2 and x2 = cx + w/2 both ascend with cx, and within a column
     (one shape and one cx) y1 and y2 ascend with cy: the match kernel binary-searches both. Default
     boxes come in few shapes on a lattice (SSD300: 30 shapes, 330 columns for 8732 boxes). When nearly
     every prior has a shape of its own (clipped or arbitrary boxes) a flat list, tested one by one, is
-    cheaper. ``grouped`` forces either layout (tests).
+    cheaper. ``grouped`` forces either layout (tests); by default the cheaper one is chosen.
+
+    ``priors_cxcywh`` (P, 4) is validated (finite, positive width and height; ValueError otherwise).
+    The index holds its own copy of the priors; the matches it gives do not depend on the layout.
     """
-    global _last_index
+    priors_cxcywh = _priors(priors_cxcywh)
     forced = grouped is not None
-    cache = _last_index
-    if (not forced and cache is not None and cache.priors_cxcywh.shape == priors_cxcywh.shape
-            and np.array_equal(cache.priors_cxcywh, priors_cxcywh)):
-        return cache
     P = priors_cxcywh.shape[0]
     xyxy = np.ascontiguousarray(cxcywh_to_xyxy(priors_cxcywh))
     area = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
@@ -224,14 +241,22 @@ def _prior_index(priors_cxcywh, grouped=None) -> _PriorIndex:
         group_col = np.array([0, 1], dtype=np.intp)
         col_x1 = col_x2 = group_area = np.zeros(1)
     soa = np.ascontiguousarray(np.concatenate([xyxy[order].T, area[order][None]], axis=0))
-    index = _PriorIndex(priors_cxcywh.copy(), xyxy, soa, order, group_col, group_area, col_start, col_x1,
-                        col_x2, bool(grouped))
-    if not forced:
-        _last_index = index
+    return PriorIndex(priors_cxcywh.copy(), xyxy, soa, order, group_col, group_area, col_start, col_x1,
+                      col_x2, bool(grouped))
+
+
+def _check_index(index, priors):
+    """``index`` if it was built from exactly ``priors``, else ValueError (a stale index would match
+    against the wrong boxes without any other sign)."""
+    if not isinstance(index, PriorIndex):
+        raise ValueError(f"index must be a PriorIndex from build_prior_index, got {type(index).__name__}")
+    if index.priors_cxcywh.shape != priors.shape or not np.array_equal(index.priors_cxcywh, priors):
+        raise ValueError(f"index was built from other priors ({index.priors_cxcywh.shape[0]} boxes) than "
+                         f"priors_cxcywh ({priors.shape[0]} boxes); rebuild it with build_prior_index")
     return index
 
 
-def match(priors_cxcywh, gt_xyxy, gt_labels, threshold=0.5, strategy="bipartite"):
+def match(priors_cxcywh, gt_xyxy, gt_labels, threshold=0.5, strategy="bipartite", index=None):
     """Assign a ground truth (or background) to every default box of one image.
 
     Parameters
@@ -243,6 +268,9 @@ def match(priors_cxcywh, gt_xyxy, gt_labels, threshold=0.5, strategy="bipartite"
     strategy : "bipartite" (paper and Caffe: each ground truth first takes its best free prior, greedily
         by highest IoU) or "best_prior" (ssd.pytorch/torchvision: each ground truth is forced onto its
         argmax prior). See `match_ref` for the exact rules and tie-breaking.
+    index : PriorIndex, optional
+        `build_prior_index(priors_cxcywh)`, built once by the owner of the priors; without it the index
+        is built on the spot (same result, slower). An index of other priors is a ValueError.
 
     Returns
     -------
@@ -252,14 +280,17 @@ def match(priors_cxcywh, gt_xyxy, gt_labels, threshold=0.5, strategy="bipartite"
 
     CuPy inputs are copied to the host (the kernel runs there) and the results copied back.
 
-    Paper: section 2.3 "Matching strategy".
+    Paper: section 2.2 "Matching strategy".
     """
-    labels, matched = match_batch(priors_cxcywh, [gt_xyxy], [gt_labels], threshold, strategy)
+    labels, matched = match_batch(priors_cxcywh, [gt_xyxy], [gt_labels], threshold, strategy, index)
     return labels[0], matched[0]
 
 
-def match_batch(priors_cxcywh, gt_xyxy_list, gt_labels_list, threshold=0.5, strategy="bipartite"):
-    """`match` for N images in one kernel call -> labels (N, P) int64, matched_xyxy (N, P, 4) float64."""
+def match_batch(priors_cxcywh, gt_xyxy_list, gt_labels_list, threshold=0.5, strategy="bipartite", index=None):
+    """`match` for N images in one kernel call -> labels (N, P) int64, matched_xyxy (N, P, 4) float64.
+
+    ``index``: `build_prior_index(priors_cxcywh)`, or None to build it here (see `match`).
+    """
     xp = get_array_module(priors_cxcywh, *gt_xyxy_list, *gt_labels_list)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
@@ -289,7 +320,7 @@ def match_batch(priors_cxcywh, gt_xyxy_list, gt_labels_list, threshold=0.5, stra
             _check_finite(gt[offsets[n]:offsets[n + 1]], f"gt_xyxy[{n}]")
             _check_corners(gt[offsets[n]:offsets[n + 1]], f"gt_xyxy[{n}]", positive=True)
     gt_labels = np.ascontiguousarray(np.concatenate(labs) if labs else np.zeros(0), dtype=np.int64)
-    index = _prior_index(priors)
+    index = build_prior_index(priors) if index is None else _check_index(index, priors)
     priors_xyxy = index.priors_xyxy
     labels = np.zeros((N, P), dtype=np.int64)
     matched = np.empty((N, P, 4), dtype=np.float64)

@@ -15,14 +15,19 @@ from ..backend import get_array_module
 from .formats import Detections, cxcywh_to_xyxy
 
 
-def iou_ref(a_xyxy, b_xyxy):
-    """IoU of every box of ``a`` (A, 4) with every box of ``b`` (B, 4) -> (A, B); 0 for disjoint boxes."""
+def iou_ref(a_xyxy, b_xyxy, inclusive_pixels=False):
+    """IoU of every box of ``a`` (A, 4) with every box of ``b`` (B, 4) -> (A, B).
+
+    ``inclusive_pixels``: the VOC devkit's convention, +1 on every width and height. 0 where the
+    intersection is empty or the union is not positive (a zero-area box: IoU 0 with everything).
+    """
     xp = get_array_module(a_xyxy, b_xyxy)
     a, b = a_xyxy, b_xyxy
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])                      # (A,)
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])                      # (B,)
-    iw = xp.maximum(xp.minimum(a[:, None, 2], b[None, :, 2]) - xp.maximum(a[:, None, 0], b[None, :, 0]), 0)
-    ih = xp.maximum(xp.minimum(a[:, None, 3], b[None, :, 3]) - xp.maximum(a[:, None, 1], b[None, :, 1]), 0)
+    one = 1.0 if inclusive_pixels else 0.0
+    area_a = (a[:, 2] - a[:, 0] + one) * (a[:, 3] - a[:, 1] + one)          # (A,)
+    area_b = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)          # (B,)
+    iw = xp.maximum(xp.minimum(a[:, None, 2], b[None, :, 2]) - xp.maximum(a[:, None, 0], b[None, :, 0]) + one, 0)
+    ih = xp.maximum(xp.minimum(a[:, None, 3], b[None, :, 3]) - xp.maximum(a[:, None, 1], b[None, :, 1]) + one, 0)
     inter = iw * ih                                                         # (A, B)
     union = area_a[:, None] + area_b[None, :] - inter                       # (A, B)
     ok = union > 0                                     # two zero-area boxes: IoU 0, not 0 / 0
@@ -48,7 +53,7 @@ def match_ref(priors_cxcywh, gt_xyxy, gt_labels, threshold=0.5, strategy="bipart
     labels : (P,) int64, 0 = background
     matched_xyxy : (P, 4): the ground-truth box of each positive prior, the prior's own box otherwise
 
-    Paper: section 2.3 "Matching strategy".
+    Paper: section 2.2 "Matching strategy".
     """
     priors_xyxy = cxcywh_to_xyxy(priors_cxcywh)
     P, G = priors_xyxy.shape[0], gt_xyxy.shape[0]

@@ -30,6 +30,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from ..boxes import iou
 from .sample import Sample
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross")
@@ -233,15 +234,6 @@ def _pick_colour(rng, bg_colours, used, min_bg: float = 90.0, min_obj: float = 7
 _SAME_CLASS_MAX_IOU = 0.4
 
 
-def _box_iou(a, b) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def draw_image(rng, size: int = 128, min_objects: int = 1, max_objects: int = 6, min_scale: float = 0.1,
                max_scale: float = 0.8, max_occlusion: float = 0.45, noise=(2.0, 10.0), return_visible=False,
                triangle_orientations: int = 1):
@@ -276,8 +268,10 @@ def draw_image(rng, size: int = 128, min_objects: int = 1, max_objects: int = 6,
             x1 = float(rng.uniform(0.0, size - w))
             y1 = float(rng.uniform(0.0, size - h))
             box = (x1, y1, x1 + w, y1 + h)
-            if any(lab == cls + 1 and _box_iou(box, other) > _SAME_CLASS_MAX_IOU
-                   for lab, other in zip(labels, boxes)):
+            # minissd.boxes.iou, the one IoU: the same float64 operations in the same order as the scalar
+            # copy that stood here (0 when the boxes do not overlap), so every image is bitwise unchanged.
+            same = [other for lab, other in zip(labels, boxes, strict=True) if lab == cls + 1]
+            if same and (iou(np.asarray([box]), np.asarray(same)) > _SAME_CLASS_MAX_IOU).any():
                 continue  # per-class NMS (IoU 0.45) would keep only one of the two: place it elsewhere
             r0, r1 = int(y1), min(int(np.ceil(y1 + h)), size)
             c0, c1 = int(x1), min(int(np.ceil(x1 + w)), size)

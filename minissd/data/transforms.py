@@ -31,9 +31,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-# Caffe/torchvision VGG statistics in RGB order and 0..255 pixel units.
-VGG_MEAN = (123.0, 117.0, 104.0)
-UNIT_STD = (1.0, 1.0, 1.0)
+from ..boxes import iou
+from ..model.configs import UNIT_STD, VGG_MEAN  # the one definition: RGB order, 0..255 pixel units
+
 CROP_MIN_IOUS = (None, 0.1, 0.3, 0.5, 0.7, 0.9)  # None: a random patch with no overlap constraint
 
 
@@ -77,20 +77,6 @@ def check_inputs(image, boxes_px, labels):
     if labels.size and not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels: expected integers, got {labels.dtype}")
     return image, boxes, labels
-
-
-def iou_xyxy(a, b) -> np.ndarray:
-    """IoU between boxes a (A, 4) and b (B, 4), xyxy: (A, B). A local twin of minissd.boxes.iou so the
-    data pipeline stays free of the model's modules."""
-    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return inter / np.maximum(union, 1e-12)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,7 +168,10 @@ def sample_crop(boxes_px, width, height, rng, min_ious=CROP_MIN_IOUS, min_scale=
     x1 = rng.random(shape) * (1.0 - w)
     y1 = rng.random(shape) * (1.0 - h)
     patches = np.stack([x1 * width, y1 * height, (x1 + w) * width, (y1 + h) * height], -1).reshape(-1, 4)
-    overlap = iou_xyxy(patches, boxes)  # (k * T, G)
+    # The one IoU (minissd.boxes.iou). The local copy that stood here divided by max(union, 1e-12)
+    # where iou returns 0 for a union <= 0; kept bit for bit all the same: a patch covers scale^2 of the
+    # image (scale >= min_scale > 0), so the union is never below 1e-12 and the same operations remain.
+    overlap = iou(patches, boxes)  # (k * T, G)
     cx = 0.5 * (boxes[:, 0] + boxes[:, 2])
     cy = 0.5 * (boxes[:, 1] + boxes[:, 3])
     centre_in = ((cx[None] >= patches[:, 0:1]) & (cx[None] <= patches[:, 2:3])

@@ -8,23 +8,40 @@ A config is a JSON-able dict, stored in every checkpoint, from which `build_mode
 * ``sources``: the names of the convolutions whose (ReLU'd) outputs feed the heads, shallow to deep.
   Their spatial sizes must equal the ``feature_maps`` of the prior config.
 * ``l2norm``: ``{source name: initial scale}`` for the sources that go through L2Norm first
-  (conv4_3 in SSD300/512, scale 20; paper section 3.1 "Base network", following ParseNet).
+  (conv4_3 in SSD300/512, scale 20; paper section 3.1 "PASCAL VOC2007", following ParseNet).
 * ``priors``: a name in `minissd.priors.PRIOR_CONFIGS` or a dict of `PriorConfig` fields.
 * ``boxes_per_location``: k per source; checked against the prior config when the model is built.
 * ``init``: weight initialisation per part ("xavier" or "he"); biases start at 0.
+* ``input_mean``, ``input_std``: the input normalisation ``(pixel - mean) / std`` per RGB channel, in
+  0..255 units; part of the weights (they only work on inputs normalised the way they were trained).
+  Optional in a config dict (configs stored by older checkpoints lack them): `input_normalisation`
+  then gives the named config's pair, or the VGG mean with std 1.
 
 `describe` walks a config without building it: output size, channels, receptive field and
 multiply-accumulates of every layer. Tests and docs/05-network.md use it.
 
-Paper: section 2.1, figure 2; section 3.1 ("Base network"); section 3.3 (SSD512, footnote).
+Paper: section 2.1, figure 2; the start of section 3 ("Base network"); section 3.1 (L2Norm on conv4_3);
+section 3.4 (SSD512).
 Walkthrough: docs/05-network.md.
 """
 from __future__ import annotations
 
 import copy
 import json
+import math
+import numbers
 
 MODEL_NAMES = ("ssd300", "ssd512", "small")
+
+# Input normalisation, (pixel - mean) / std per RGB channel, in 0..255 units: the one definition in
+# the package (minissd.data.transforms imports it). The paper's networks start from ImageNet VGG16
+# weights trained on mean-subtracted, unscaled pixels (Caffe), so they keep std 1 (as converted
+# torchvision weights expect). The small model trains from scratch, where inputs of unit variance keep
+# the first logits O(1): with std 1 its initial confidence logits reach ~400 and the first SGD step
+# diverges.
+VGG_MEAN = (123.0, 117.0, 104.0)
+IMAGENET_STD = (58.4, 57.1, 57.4)
+UNIT_STD = (1.0, 1.0, 1.0)
 
 
 def conv(name: str, out: int, k: int = 3, s: int = 1, p: int | None = None, d: int = 1) -> dict:
@@ -56,7 +73,7 @@ def _vgg16_reduced() -> list:
             layers.append(pool("pool5", 3, 1, 1))
         else:
             layers.append(pool(f"pool{stage}", 2, 2))
-    # fc6 as a 3x3 convolution with dilation 6: the subsampled fc6 of VGG16 (paper section 3.1,
+    # fc6 as a 3x3 convolution with dilation 6: the subsampled fc6 of VGG16 (paper section 3, "Base network",
     # "atrous" algorithm), which keeps the field of view of the original 7x7 fc6 on the 19x19 map.
     layers.append(conv("fc6", 1024, k=3, d=6))
     layers.append(conv("fc7", 1024, k=1))
@@ -83,6 +100,8 @@ def _ssd300() -> dict:
         "boxes_per_location": [4, 6, 6, 6, 4, 4],
         "variances": [0.1, 0.2],
         "init": {"trunk": "xavier", "extras": "xavier", "heads": "xavier"},
+        "input_mean": list(VGG_MEAN),
+        "input_std": list(UNIT_STD),
     }
 
 
@@ -109,6 +128,8 @@ def _ssd512() -> dict:
         "boxes_per_location": [4, 6, 6, 6, 6, 4, 4],
         "variances": [0.1, 0.2],
         "init": {"trunk": "xavier", "extras": "xavier", "heads": "xavier"},
+        "input_mean": list(VGG_MEAN),
+        "input_std": list(UNIT_STD),
     }
 
 
@@ -145,6 +166,8 @@ def _small() -> dict:
         # higher mAP after 300 iterations on average (docs/05-network.md). The heads keep Xavier so
         # the first logits and offsets are small.
         "init": {"trunk": "he", "extras": "he", "heads": "xavier"},
+        "input_mean": list(VGG_MEAN),
+        "input_std": list(IMAGENET_STD),
     }
 
 
@@ -182,6 +205,37 @@ def scale_width(config, factor: float, min_channels: int = 4) -> dict:
 
 _REQUIRED = ("name", "image_size", "in_channels", "trunk", "extras", "sources", "l2norm", "head_kernel",
              "priors", "boxes_per_location", "variances", "init")
+
+
+def as_rgb(value, name: str, positive: bool = False) -> tuple:
+    """``value`` as a tuple of 3 finite floats, or ValueError naming ``name``."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3:
+        raise ValueError(f"{name} must be 3 numbers (R, G, B in 0..255 units), got {value!r}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"{name} must be 3 finite numbers (R, G, B in 0..255 units), got {value!r}")
+        if positive and v <= 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+        out.append(float(v))
+    return tuple(out)
+
+
+def input_normalisation(config, input_mean=None, input_std=None) -> tuple[tuple, tuple]:
+    """The ``(mean, std)`` pair (two tuples of 3 floats, 0..255 RGB units) a model of ``config`` uses.
+
+    An explicit ``input_mean``/``input_std`` wins; then the config's own keys; then, for a config dict
+    without them (written before they were part of the config), the named config's pair for its
+    ``name``, else the Caffe convention (VGG mean, std 1). Raises ValueError naming a bad value.
+    """
+    if isinstance(config, str):
+        config = get_config(config)
+    named = MODEL_CONFIGS.get(config.get("name"), {})
+    if input_mean is None:
+        input_mean = config.get("input_mean", named.get("input_mean", VGG_MEAN))
+    if input_std is None:
+        input_std = config.get("input_std", named.get("input_std", UNIT_STD))
+    return as_rgb(input_mean, "input_mean"), as_rgb(input_std, "input_std", positive=True)
 
 
 def validate_config(config: dict) -> None:
@@ -238,6 +292,10 @@ def validate_config(config: dict) -> None:
     for part in ("trunk", "extras", "heads"):
         if init.get(part) not in ("xavier", "he"):
             raise ValueError(f"init[{part!r}] must be 'xavier' or 'he', got {init.get(part)!r}")
+    if "input_mean" in config:
+        as_rgb(config["input_mean"], "model config 'input_mean'")
+    if "input_std" in config:
+        as_rgb(config["input_std"], "model config 'input_std'", positive=True)
 
 
 def _out_size(size: int, spec: dict) -> int:

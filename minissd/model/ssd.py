@@ -16,7 +16,8 @@ Backward runs the chain in reverse. A source map feeds its heads *and* the rest 
 its gradient is the sum of what the heads send back and what the deeper layers send back; the
 chain is cut into segments at the sources to add the two before going on.
 
-Paper: section 2.1 ("Multi-scale feature maps", "Convolutional predictors"), figure 2; section 3.1.
+Paper: section 2.1 ("Multi-scale feature maps", "Convolutional predictors"), figure 2; section 3.1
+(L2Norm on conv4_3).
 Walkthrough: docs/05-network.md.
 """
 from __future__ import annotations
@@ -24,10 +25,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from ..boxes import batched_detect, build_prior_index, decode, encode, match_batch
 from ..nn import Conv2d, L2Norm, Module
 from ..priors import get_config as get_prior_config
 from ..priors import make_priors, num_priors_per_location
-from .configs import describe, get_config
+from .configs import as_rgb, describe, get_config, input_normalisation
 from .vgg import build_layers, relu_name
 
 
@@ -44,20 +46,30 @@ class SSD(Module):
         Initial weights (Xavier or He per part, biases 0; L2Norm scale from the config).
     dtype : numpy dtype
         float32 for training, float64 for gradient checks.
+    input_mean, input_std : 3 numbers each, optional
+        The input normalisation ``(pixel - mean) / std`` per RGB channel in 0..255 units; default: the
+        config's (`minissd.model.configs.input_normalisation`).
 
     Attributes
     ----------
     priors_cxcywh : (P, 4) float64 NumPy array, the default boxes the outputs refer to.
+    prior_index : the index of the priors that matching searches (`minissd.boxes.build_prior_index`),
+        built once here and passed to every `match_batch` call of `targets`.
     image_size : int, the input side S.
     num_classes : int, M.
-    config : dict, JSON-able (stored in checkpoints).
+    input_mean, input_std : tuples of 3 floats (0..255 RGB units): how images must be normalised for
+        these weights. Saved and loaded with them; setting one validates it and updates ``config``.
+    config : dict, JSON-able (stored in checkpoints), including ``input_mean``/``input_std``.
     """
 
-    def __init__(self, config, num_classes: int, rng: np.random.Generator | None = None, dtype=np.float32):
+    def __init__(self, config, num_classes: int, rng: np.random.Generator | None = None, dtype=np.float32,
+                 input_mean=None, input_std=None):
         super().__init__()
         config = get_config(config)
         if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2 (object classes + background), got {num_classes!r}")
+        mean, std = input_normalisation(config, input_mean, input_std)
+        config["input_mean"], config["input_std"] = list(mean), list(std)
         if rng is None:
             rng = np.random.default_rng(0)
         self.config = config
@@ -72,6 +84,7 @@ class SSD(Module):
         self.source_sizes = [rows[s]["size"] for s in self.source_names]
         self.boxes_per_location = [int(k) for k in config["boxes_per_location"]]
         self.priors_cxcywh = self._make_priors(config)
+        self.prior_index = build_prior_index(self.priors_cxcywh)
 
         self.trunk, c = build_layers(config["trunk"], config["in_channels"], init["trunk"], rng, dtype)
         self.add_child("trunk", self.trunk)
@@ -145,6 +158,24 @@ class SSD(Module):
     @property
     def dtype(self):
         return self.loc.children[self.source_names[0]].params["W"].dtype
+    @property
+    def input_mean(self) -> tuple:
+        """Per-channel RGB mean (0..255) subtracted from the input pixels; stored in ``config``."""
+        return tuple(self.config["input_mean"])
+
+    @input_mean.setter
+    def input_mean(self, value) -> None:
+        self.config["input_mean"] = list(as_rgb(value, "input_mean"))
+
+    @property
+    def input_std(self) -> tuple:
+        """Per-channel RGB divisor (0..255 units) applied after the mean; stored in ``config``."""
+        return tuple(self.config["input_std"])
+
+    @input_std.setter
+    def input_std(self, value) -> None:
+        self.config["input_std"] = list(as_rgb(value, "input_std", positive=True))
+
 
     def extra_repr(self) -> str:
         return f"{self.config['name']}, num_classes={self.num_classes}, priors={self.num_priors}"
@@ -264,10 +295,8 @@ class SSD(Module):
 
         Paper: section 2.2 "Matching strategy" and eq. (2).
         """
-        from ..boxes import encode, match_batch
-
         labels, matched_xyxy = match_batch(self.priors_cxcywh, gt_xyxy_list, gt_labels_list,
-                                           threshold=threshold, strategy=strategy)
+                                           threshold=threshold, strategy=strategy, index=self.prior_index)
         loc_t = encode(matched_xyxy, self.priors_cxcywh, self.variances)
         dtype = self.dtype
         first = self.loc.children[self.source_names[0]].params["W"]
@@ -280,8 +309,6 @@ class SSD(Module):
         ``options`` go to `minissd.boxes.batched_detect` (score_threshold, nms_threshold,
         pre_nms_top_k, top_k). Returns a list of N Detections with normalised xyxy boxes.
         """
-        from ..boxes import batched_detect, decode
-
         xp = get_array_module(loc, conf)
         boxes_xyxy = decode(loc, self._priors_like(xp), self.variances)   # (N, P, 4)
         return batched_detect(boxes_xyxy, softmax(conf), **options)
@@ -296,12 +323,14 @@ def softmax(logits, axis: int = -1):
     return e
 
 
-def build_model(name, num_classes: int, rng: np.random.Generator | None = None, dtype=np.float32) -> SSD:
+def build_model(name, num_classes: int, rng: np.random.Generator | None = None, dtype=np.float32,
+                input_mean=None, input_std=None) -> SSD:
     """An `SSD` for a named config ("ssd300", "ssd512", "small") or a config dict.
 
-    ``num_classes`` is M, including background. ``rng`` draws the initial weights.
+    ``num_classes`` is M, including background. ``rng`` draws the initial weights. ``input_mean`` /
+    ``input_std`` (3 numbers each, 0..255 RGB units) override the config's input normalisation.
     """
-    return SSD(name, num_classes, rng=rng, dtype=dtype)
+    return SSD(name, num_classes, rng=rng, dtype=dtype, input_mean=input_mean, input_std=input_std)
 
 
 __all__ = ["SSD", "build_model", "softmax"]
