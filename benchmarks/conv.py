@@ -36,8 +36,7 @@ if ARGS is not None:
 import numpy as np  # noqa: E402
 
 from minissd.backend import synchronize, xp_for  # noqa: E402
-from minissd.nn import Conv2d  # noqa: E402
-from minissd.nn.layers import set_num_threads  # noqa: E402
+from minissd.nn import Conv2d, set_num_threads  # noqa: E402
 
 # (name, C, F, size, kernel, stride, padding, dilation)
 SSD300_VGG16 = [

@@ -348,8 +348,7 @@ class Profiler:
 
 
 def install_layer_timers(prof, ms_side):
-    from minissd.nn.conv import Conv2d
-    from minissd.nn.layers import L2Norm, MaxPool2d, ReLU
+    from minissd.nn import Conv2d, L2Norm, MaxPool2d, ReLU
 
     model = ms_side.model
     for name, mod in model.named_modules():

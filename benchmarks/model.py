@@ -226,7 +226,7 @@ def main(args) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from minissd.nn.layers import set_num_threads
+    from minissd.nn import set_num_threads
 
     set_num_threads(args.threads)
     cases = [("small", 5, args.small_batch, args.repeat)]

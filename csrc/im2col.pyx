@@ -1,17 +1,17 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """CPU kernels for the convolution, max-pool and ReLU layers (minissd._im2col).
 
-Every kernel writes into arrays it is handed; the Python wrappers in minissd/nn/conv.py and
-minissd/nn/layers.py validate shapes, dtypes and contiguity first, so nothing here checks bounds.
+Every kernel writes into arrays it is handed; the Python wrappers in minissd/nn/im2col.py,
+pool.py and relu.py validate shapes, dtypes and contiguity first, so nothing here checks bounds.
 Each kernel is a loop over independent jobs (rows of the column matrix, or (n, c) planes) that runs
 without the GIL; ``start``/``stop`` select a range of jobs so that the wrappers can hand disjoint
-ranges to their worker threads (minissd.nn.layers.parallel_for). Every output element is written by
+ranges to their worker threads (minissd.nn.threads.parallel_for). Every output element is written by
 exactly one job, and col2im sums its contributions in a fixed order, so the results do not depend on
 how the jobs are split.
 
 Layout (docs/ARCHITECTURE.md): ``col`` is (N, C*KH*KW, OH*OW); row ``(c*KH + kh)*KW + kw`` holds, for
 every output pixel ``(oh, ow)``, the input value ``x[n, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW]``
-(zero outside the image). The NumPy twins are minissd.nn.conv.im2col_ref / col2im_ref.
+(zero outside the image). The NumPy twins are minissd.nn.im2col.im2col_ref / col2im_ref.
 """
 from cython cimport floating
 from libc.string cimport memset

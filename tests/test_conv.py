@@ -6,10 +6,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minissd.backend import to_cpu
-from minissd.nn import Conv2d, col2im, col2im_ref, conv_output_size, im2col, im2col_ref
+from minissd.nn import (
+    Conv2d,
+    Sequential,
+    Workspace,
+    col2im,
+    col2im_ref,
+    conv_backward_ref,
+    conv_forward_ref,
+    conv_output_size,
+    im2col,
+    im2col_ref,
+)
 from minissd.nn import conv as conv_mod
 from minissd.nn.init import fan_in, he_normal, init_weight, xavier_uniform
-from minissd.testing import check_layer_gradients, directional_check, max_rel_error
+from minissd.testing import check_layer_gradients, directional_check
 
 # (N, C, H, W, kernel, stride, padding, dilation): SSD's cases (3x3/s1/p1, 3x3/s2/p1 extras, 3x3/s1/p0
 # extras, fc6's dilation 6 with padding 6, 1x1) plus odd and non-square sizes
@@ -143,6 +154,115 @@ def test_empty_batch():
 
 
 # ---------------------------------------------------------------------------------------------------
+# Conv2d == the plain reference conv_forward_ref / conv_backward_ref
+# ---------------------------------------------------------------------------------------------------
+def test_conv_reference_by_hand():
+    # 1 image, 1 channel 3x3, one 2x2 filter of ones: each output sums a 2x2 window (+ bias 10)
+    x = np.arange(9.0).reshape(1, 1, 3, 3)
+    W = np.ones((1, 1, 2, 2))
+    y = conv_forward_ref(x, W, np.array([10.0]))
+    np.testing.assert_array_equal(y, [[[[18.0, 22.0], [30.0, 34.0]]]])
+    # padding 1, stride 2: windows at (-1, -1), (-1, 1), (1, -1), (1, 1)
+    np.testing.assert_array_equal(conv_forward_ref(x, W, None, stride=2, padding=1),
+                                  [[[[0.0, 3.0], [9.0, 24.0]]]])
+    # backward with dy = 1: each input pixel receives one per window covering it; dW sums the windows
+    dx, dW, db = conv_backward_ref(x, W, np.ones((1, 1, 2, 2)))
+    np.testing.assert_array_equal(dx, [[[[1, 2, 1], [2, 4, 2], [1, 2, 1]]]])
+    np.testing.assert_array_equal(dW, [[[[8.0, 12.0], [20.0, 24.0]]]])
+    np.testing.assert_array_equal(db, [4.0])
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES + [(3, 2, 8, 8, 3, 2, 2, 2), (1, 1, 1, 1, 1, 1, 0, 1)],
+                         ids=_geom_id)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_matches_reference(geom, bias, rng):
+    N, C, H, W, k, s, p, d = geom
+    conv = Conv2d(C, 4, k, stride=s, padding=p, dilation=d, bias=bias, rng=rng).astype(np.float64)
+    b = None
+    if bias:
+        b = conv.params["b"]
+        b[...] = rng.standard_normal(4)
+    x = rng.standard_normal((N, C, H, W))
+    y = conv.forward(x)
+    y_ref = conv_forward_ref(x, conv.params["W"], b, s, p, d)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    dx = conv.backward(dy)
+    dx_ref, dW_ref, db_ref = conv_backward_ref(x, conv.params["W"], dy, s, p, d)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv.grads["W"], dW_ref, rtol=1e-12, atol=1e-12)
+    if bias:
+        np.testing.assert_allclose(conv.grads["b"], db_ref, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 3), F=st.integers(1, 3), H=st.integers(1, 9), W=st.integers(1, 9),
+       kh=st.integers(1, 3), kw=st.integers(1, 3), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       ph=st.integers(0, 2), pw=st.integers(0, 2), dh=st.integers(1, 3), dw=st.integers(1, 3),
+       seed=st.integers(0, 2**31 - 1))
+def test_conv2d_matches_reference_property(N, C, F, H, W, kh, kw, sh, sw, ph, pw, dh, dw, seed):
+    if conv_output_size(H, kh, sh, ph, dh) < 1 or conv_output_size(W, kw, sw, pw, dw) < 1:
+        return
+    g = np.random.default_rng(seed)
+    conv = Conv2d(C, F, (kh, kw), (sh, sw), (ph, pw), (dh, dw), rng=g).astype(np.float64)
+    conv.params["b"][...] = g.standard_normal(F)
+    x = g.standard_normal((N, C, H, W))
+    y = conv.forward(x)
+    args = ((sh, sw), (ph, pw), (dh, dw))
+    np.testing.assert_allclose(y, conv_forward_ref(x, conv.params["W"], conv.params["b"], *args),
+                               rtol=1e-12, atol=1e-12)
+    dy = g.standard_normal(y.shape)
+    dx = conv.backward(dy)
+    for got, want in zip((dx, conv.grads["W"], conv.grads["b"]),
+                         conv_backward_ref(x, conv.params["W"], dy, *args), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Buffers: the kept columns and the workspace scratch, released by clear_cache
+# ---------------------------------------------------------------------------------------------------
+def test_workspace_grows_and_clears():
+    ws = Workspace()
+    a = ws.get(np, "y", (2, 3), np.float32)
+    assert a.shape == (2, 3) and a.dtype == np.float32 and a.flags.c_contiguous
+    b = ws.get(np, "y", (1, 4), np.float32)              # smaller: a view of the same buffer
+    assert np.shares_memory(a, b) and len(ws) == 1 and ws.nbytes == 24
+    ws.get(np, "y", (5, 5), np.float32)                  # larger: a new buffer replaces it
+    ws.get(np, "y", (5, 5), np.float64)                  # another dtype: another buffer
+    assert len(ws) == 2 and ws.nbytes == 25 * 4 + 25 * 8
+    ws.clear()
+    assert len(ws) == 0 and ws.nbytes == 0
+
+
+def test_model_layers_share_one_workspace_and_clear_cache_releases_every_buffer(rng):
+    inner = Sequential([("c2", Conv2d(4, 4, 3, padding=1, rng=rng))])
+    net = Sequential([("c1", Conv2d(3, 4, 3, padding=1, rng=rng))])
+    net.add_child("inner", inner)                       # a subtree added later joins the root's workspace
+    assert net["c1"].workspace is net.workspace and inner["c2"].workspace is net.workspace
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    net.forward(x)
+    convs = [net["c1"], inner["c2"]]
+    assert all(c._col is not None and c._x is not None for c in convs)
+    assert net.workspace.nbytes > 0
+    net.clear_cache()
+    assert all(c._col is None and c._x is None for c in convs)
+    assert net.workspace.nbytes == 0
+    y = net.forward(x)                                  # buffers come back; same numbers
+    net.clear_cache()
+    np.testing.assert_array_equal(net.forward(x), y)
+
+
+def test_chunked_scratch_lives_in_the_workspace(rng, monkeypatch):
+    conv = Conv2d(2, 3, 3, padding=1, rng=rng)
+    monkeypatch.setattr(conv_mod, "CACHE_BYTES", 0)
+    conv.forward(rng.standard_normal((3, 2, 5, 5)).astype(np.float32))
+    assert conv._col is None                             # nothing kept: backward unrolls again
+    assert conv.workspace.nbytes >= (2 * 9 * 3 * 25 + 3 * 3 * 25) * 4      # column chunk + output
+    conv.clear_cache()
+    assert conv.workspace.nbytes == 0
+
+
+# ---------------------------------------------------------------------------------------------------
 # Conv2d: gradient checks (float64 central differences)
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("geom", GEOMETRIES, ids=_geom_id)
@@ -197,18 +317,24 @@ def test_conv2d_directional_check_large(rng):
     assert analytic != 0.0
 
 
-def test_backward_accumulates_and_leaves_dy_alone(rng):
-    conv = Conv2d(2, 3, 3, padding=1, rng=rng).astype(np.float64)
-    x = rng.standard_normal((2, 2, 5, 5))
-    dy = rng.standard_normal((2, 3, 5, 5))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_backward_accumulates_and_leaves_dy_alone(dtype, rng):
+    """Two backward passes without zero_grad: W's and b's gradients are exactly twice one pass's."""
+    conv = Conv2d(2, 3, 3, padding=1, rng=rng).astype(dtype)
+    x = rng.standard_normal((2, 2, 5, 5)).astype(dtype)
+    dy = rng.standard_normal((2, 3, 5, 5)).astype(dtype)
     dy_copy = dy.copy()
     conv.forward(x)
     conv.backward(dy)
-    first = conv.grads["W"].copy()
+    first = {k: g.copy() for k, g in conv.grads.items()}
+    assert set(first) == {"W", "b"} and all(np.abs(g).min() > 0 for g in first.values())
     conv.forward(x)
     conv.backward(dy)
-    np.testing.assert_allclose(conv.grads["W"], 2 * first)
+    for key in ("W", "b"):
+        np.testing.assert_array_equal(conv.grads[key], 2 * first[key], err_msg=key)
     np.testing.assert_array_equal(dy, dy_copy)
+    conv.zero_grad()
+    assert not conv.grads["W"].any() and not conv.grads["b"].any()
 
 
 def test_input_grad_false_skips_dx_only(rng):

@@ -6,9 +6,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minissd.backend import to_cpu
-from minissd.nn import Conv2d, L2Norm, MaxPool2d, ReLU, Sequential, pool_output_size
-from minissd.nn import layers as layers_mod
-from minissd.nn.layers import maxpool_backward_ref, maxpool_forward_ref
+from minissd.nn import (
+    Conv2d,
+    L2Norm,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+    l2norm_backward_ref,
+    l2norm_forward_ref,
+    maxpool_backward_ref,
+    maxpool_forward_ref,
+    pool_output_size,
+    relu_backward_ref,
+    relu_forward_ref,
+)
+from minissd.nn import threads as threads_mod
 from minissd.testing import check_layer_gradients, directional_check
 
 
@@ -50,6 +62,19 @@ def test_relu_gradients(shape, rng):
         directional_check(loss_and_grads, [x], rng)
     else:
         check_layer_gradients(relu, _away_from_zero(rng, shape), rng)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (4, 9), (70001,), (1, 1, 1, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_matches_reference(shape, dtype, rng):
+    x = rng.standard_normal(shape).astype(dtype)
+    x.reshape(-1)[:3] = 0.0                                  # the kink: gradient 0 in both
+    dy = rng.standard_normal(shape).astype(dtype)
+    relu = ReLU()
+    y = relu.forward(x)
+    np.testing.assert_array_equal(y, relu_forward_ref(x))
+    np.testing.assert_array_equal(relu.backward(dy), relu_backward_ref(x, dy))
+    assert relu_forward_ref(x).dtype == dtype and relu_backward_ref(x, dy).dtype == dtype
 
 
 def test_relu_inplace_and_dtypes(rng):
@@ -179,6 +204,33 @@ def test_maxpool_kernel_matches_reference_property(kh, kw, sh, sw, ph, pw, ceil,
                                rtol=1e-13, atol=1e-13)
 
 
+def test_maxpool_reference_by_hand():
+    # 3x3 -> 2x2 with 2x2/s2 ceil_mode: the right and bottom windows are clipped to the image
+    x = np.array([[[[1.0, 5.0, 2.0],
+                    [3.0, 4.0, 9.0],
+                    [7.0, 7.0, 8.0]]]])
+    y, argmax = maxpool_forward_ref(x, 2, 2, 0, ceil_mode=True)
+    np.testing.assert_array_equal(y, [[[[5.0, 9.0], [7.0, 8.0]]]])
+    np.testing.assert_array_equal(argmax, [[[[1, 5], [6, 8]]]])          # tie 7, 7: the first wins
+    # 3x3/s1/p1 (pool5): overlapping windows; pixel 9 wins 4 of them and receives their sum
+    y, argmax = maxpool_forward_ref(x, 3, 1, 1)
+    np.testing.assert_array_equal(y, [[[[5, 9, 9], [7, 9, 9], [7, 9, 9]]]])
+    dx = maxpool_backward_ref(np.ones((1, 1, 3, 3)), argmax, x.shape)
+    np.testing.assert_array_equal(dx, [[[[0, 1, 0], [0, 0, 6], [2, 0, 0]]]])
+
+
+@pytest.mark.parametrize("cfg", POOLS, ids=_pool_id)
+def test_maxpool_clear_cache_drops_the_argmax(cfg, rng):
+    k, s, p, ceil, H, W = cfg
+    pool = MaxPool2d(k, s, p, ceil)
+    pool.forward(rng.standard_normal((1, 2, H, W)))
+    assert pool._argmax is not None
+    pool.clear_cache()
+    assert pool._argmax is None
+    with pytest.raises(RuntimeError, match="before forward"):
+        pool.backward(np.zeros(pool.output_shape((1, 2, H, W))))
+
+
 @pytest.mark.parametrize("cfg", POOLS, ids=_pool_id)
 def test_maxpool_gradients(cfg, rng):
     k, s, p, ceil, H, W = cfg
@@ -253,6 +305,59 @@ def test_l2norm_gradients(rng):
     layer.params["weight"][...] = rng.uniform(0.5, 2.0, 5)
     errors = check_layer_gradients(layer, rng.standard_normal((2, 5, 3, 4)), rng)
     assert set(errors) == {"x", "weight"}
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 1, 1, 1), (3, 16, 1, 7)])
+def test_l2norm_matches_reference(shape, rng):
+    layer = L2Norm(shape[1]).astype(np.float64)
+    layer.params["weight"][...] = rng.uniform(0.5, 20.0, shape[1])
+    x = rng.standard_normal(shape)
+    x[0, :, 0, 0] = 0.0                          # an all-zero pixel: eps keeps the norm finite
+    dy = rng.standard_normal(shape)
+    w = layer.params["weight"]
+    np.testing.assert_allclose(layer.forward(x), l2norm_forward_ref(x, w, layer.eps), rtol=1e-13, atol=1e-13)
+    dx = layer.backward(dy)
+    dx_ref, dw_ref = l2norm_backward_ref(x, w, dy, layer.eps)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(layer.grads["weight"], dw_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_l2norm_reference_gradient_by_finite_differences(rng):
+    """The hand-written reference gradient itself, against central differences."""
+    x, w, dy = rng.standard_normal((2, 3, 2, 2)), rng.uniform(0.5, 2.0, 3), rng.standard_normal((2, 3, 2, 2))
+    dx, dw = l2norm_backward_ref(x, w, dy)
+    h = 1e-6
+    for i in range(x.size):
+        e = np.zeros(x.size)
+        e[i] = h
+        e = e.reshape(x.shape)
+        num = np.sum(dy * (l2norm_forward_ref(x + e, w) - l2norm_forward_ref(x - e, w))) / (2 * h)
+        assert abs(num - dx.reshape(-1)[i]) < 1e-7
+    for c in range(3):
+        e = np.zeros(3)
+        e[c] = h
+        num = np.sum(dy * (l2norm_forward_ref(x, w + e) - l2norm_forward_ref(x, w - e))) / (2 * h)
+        assert abs(num - dw[c]) < 1e-7
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_l2norm_backward_accumulates_the_scale_gradient(dtype, rng):
+    """Two backward passes without zero_grad: the scale's gradient is exactly twice one pass's."""
+    layer = L2Norm(4).astype(dtype)
+    x = rng.standard_normal((2, 4, 3, 3)).astype(dtype)
+    dy = rng.standard_normal((2, 4, 3, 3)).astype(dtype)
+    dy_copy = dy.copy()
+    layer.forward(x)
+    layer.backward(dy)
+    first = layer.grads["weight"].copy()
+    assert np.abs(first).min() > 0
+    layer.forward(x)
+    layer.backward(dy)
+    np.testing.assert_array_equal(layer.grads["weight"], 2 * first)
+    np.testing.assert_array_equal(dy, dy_copy)
+    layer.forward(x)
+    layer.clear_cache()
+    assert layer._xhat is None and layer._norm is None
 
 
 def test_l2norm_on_device(xp, rng):
@@ -336,19 +441,19 @@ def test_thread_count_does_not_change_results(rng):
         dx = conv.backward(relu.backward(pool.backward(dy)))
         return [y, dx, conv.grads["W"].copy(), conv.grads["b"].copy()]
 
-    old = layers_mod.get_num_threads()
+    old = threads_mod.get_num_threads()
     try:
-        layers_mod.set_num_threads(1)
-        assert layers_mod.get_num_threads() == 1
+        threads_mod.set_num_threads(1)
+        assert threads_mod.get_num_threads() == 1
         one = run()
-        layers_mod.set_num_threads(3)
+        threads_mod.set_num_threads(3)
         many = run()
     finally:
-        layers_mod.set_num_threads(old)
+        threads_mod.set_num_threads(old)
     for a, b in zip(one, many):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="n must be an int >= 0"):
-        layers_mod.set_num_threads(-1)
+        threads_mod.set_num_threads(-1)
 
 
 def test_parallel_for_covers_the_range_once():
@@ -357,33 +462,33 @@ def test_parallel_for_covers_the_range_once():
     def job(a, b):
         hits[a:b] += 1
 
-    old = layers_mod.get_num_threads()
+    old = threads_mod.get_num_threads()
     try:
-        layers_mod.set_num_threads(4)
-        layers_mod.parallel_for(1000, job, grain=10)
-        assert layers_mod.parallel_sum(1000, lambda a, b: b - a) == 1000
+        threads_mod.set_num_threads(4)
+        threads_mod.parallel_for(1000, job, grain=10)
+        assert threads_mod.parallel_sum(1000, lambda a, b: b - a) == 1000
         with pytest.raises(ZeroDivisionError):
-            layers_mod.parallel_for(1000, lambda a, b: 1 / 0)
+            threads_mod.parallel_for(1000, lambda a, b: 1 / 0)
     finally:
-        layers_mod.set_num_threads(old)
+        threads_mod.set_num_threads(old)
     assert (hits == 1).all()
 
 
 def test_threads_fall_back_to_one_without_a_reachable_openblas(monkeypatch):
     """With a BLAS we cannot pin to one thread, the layers must not add threads on top of its own."""
-    old = layers_mod.get_num_threads()
-    monkeypatch.setitem(layers_mod._THREADS, "blas_pinned", False)
+    old = threads_mod.get_num_threads()
+    monkeypatch.setitem(threads_mod._THREADS, "blas_pinned", False)
     try:
-        layers_mod.set_num_threads(4)
-        assert layers_mod.get_num_threads() == 1
+        threads_mod.set_num_threads(4)
+        assert threads_mod.get_num_threads() == 1
     finally:
-        monkeypatch.setitem(layers_mod._THREADS, "blas_pinned", True)
-        layers_mod.set_num_threads(old)
+        monkeypatch.setitem(threads_mod._THREADS, "blas_pinned", True)
+        threads_mod.set_num_threads(old)
 
 
 def test_default_threads_read_the_environment(monkeypatch):
     monkeypatch.setenv("MINISSD_NUM_THREADS", "3")
-    assert layers_mod._default_threads() == 3
+    assert threads_mod._default_threads() == 3
     monkeypatch.setenv("MINISSD_NUM_THREADS", "many")
     with pytest.raises(ValueError, match="MINISSD_NUM_THREADS='many' is not an integer"):
-        layers_mod._default_threads()
+        threads_mod._default_threads()

@@ -61,3 +61,52 @@ def test_train_eval_propagates():
 def test_sequential_rejects_non_modules():
     with pytest.raises(TypeError, match="not a Module"):
         Sequential([("x", 3)])
+
+
+class Cached(Scale):
+    """Scale that keeps its input until clear_own_cache."""
+
+    def clear_own_cache(self):
+        self.x = None
+
+
+def test_clear_cache_reaches_every_module_and_the_shared_workspace():
+    net = Sequential([("a", Cached(2)), ("b", Sequential([("c", Cached(2))]))])
+    assert net["b"]["c"].workspace is net.workspace is net["a"].workspace
+    net.forward(np.ones((3, 2)))
+    net.workspace.get(np, "y", (4,), np.float64)
+    net["b"].clear_cache()                              # a subtree: only its own modules
+    assert net["b"]["c"].x is None and net["a"].x is not None
+    net.clear_cache()
+    assert net["a"].x is None and len(net.workspace) == 0
+
+
+def test_ssd_clear_cache_releases_columns_argmax_and_scratch(rng):
+    from minissd.model import SSD
+    from minissd.nn import Conv2d, MaxPool2d
+
+    model = SSD("small", 3, rng)
+    size = model.image_size
+    model.forward(rng.standard_normal((1, 3, size, size)).astype(np.float32))
+    layers = [m for _, m in model.named_modules()]
+    assert all(m.workspace is model.workspace for m in layers)
+    assert any(isinstance(m, Conv2d) and m._col is not None for m in layers)
+    assert any(isinstance(m, MaxPool2d) and m._argmax is not None for m in layers)
+    assert model.workspace.nbytes > 0
+    model.clear_cache()
+    assert all(m._col is None and m._x is None for m in layers if isinstance(m, Conv2d))
+    assert all(m._argmax is None for m in layers if isinstance(m, MaxPool2d))
+    assert model.workspace.nbytes == 0 and model._cache is None
+
+
+def test_load_state_dict_takes_arrays_from_any_device(xp):
+    """GPU state into a CPU model goes through backend.to_cpu (np.asarray refuses CuPy arrays)."""
+    net = Sequential([("a", Scale(2))])
+    net.load_state_dict({"a.w": xp.asarray([3.0, 4.0])})
+    assert type(net["a"].params["w"]) is np.ndarray
+    np.testing.assert_array_equal(net["a"].params["w"], [3.0, 4.0])
+
+
+def test_add_child_rejects_non_modules():
+    with pytest.raises(TypeError, match="'x' is int, not a Module"):
+        Module().add_child("x", 3)

@@ -270,7 +270,8 @@ class SSD(Module):
             dh = df
         return dh
 
-    def clear_cache(self) -> None:
+    def clear_own_cache(self) -> None:
+        """The forward cache; `Module.clear_cache` also clears every layer's buffers and the workspace."""
         self._cache = None
 
     # -- the two halves around the network -----------------------------------------------------

@@ -1,24 +1,28 @@
-"""2-D convolution by im2col + GEMM, with col2im as its exact adjoint.
+"""2-D convolution: the plain reference first, then the layer (im2col + one GEMM per batch).
 
-A convolution with F filters of shape (C, KH, KW) is one matrix product once the input is unrolled:
-``im2col`` copies, for every output pixel, the C*KH*KW input values under the filter into one column, so
+A convolution with F filters of shape (C, KH, KW), stride (SH, SW), padding (PH, PW) and dilation
+(DH, DW) is, for every image n, filter f and output pixel (oh, ow),
+
+    y[n, f, oh, ow] = b[f] + sum over c, kh, kw of W[f, c, kh, kw] * x[n, c, oh*SH - PH + kh*DH,
+                                                                         ow*SW - PW + kw*DW]
+
+with x taken as 0 outside the image (cross-correlation, as in Caffe and PyTorch). `conv_forward_ref` /
+`conv_backward_ref` write exactly that, one kernel tap (kh, kw) at a time, and its three gradients.
+
+The layer `Conv2d` computes the same sum as one matrix product once the input is unrolled by
+``im2col`` (minissd/nn/im2col.py):
 
     col = im2col(x)                       # (N, C*KH*KW, OH*OW)
     y   = W.reshape(F, -1) @ col + b      # (N, F, OH*OW), already NCHW
 
-and the backward pass is three products and the adjoint of the unrolling:
+and its backward pass is three products and the adjoint of the unrolling:
 
     dW   = sum_n dy[n] @ col[n].T         # (F, C*KH*KW)
     db   = sum over n and pixels of dy    # (F,)
     dcol = W.reshape(F, -1).T @ dy        # (N, C*KH*KW, OH*OW)
     dx   = col2im(dcol)                   # (N, C, H, W): each dcol entry added back where it was read
 
-``col2im`` is the transpose (adjoint) of ``im2col`` as linear maps: ``<im2col(x), r> == <x, col2im(r)>``
-for every x, r, which tests/test_conv.py proves to 1e-12.
-
-Three implementations share one layout: the plain NumPy twins `im2col_ref` / `col2im_ref` (loops over
-the KH*KW kernel taps, easy to read), the Cython kernels in csrc/im2col.pyx (the CPU path) and the CuPy
-kernels in minissd/nn/cuda_kernels.py (the GPU path). `im2col` / `col2im` pick by the array's device.
+tests/test_conv.py checks Conv2d == conv_*_ref on random inputs, forward and backward.
 
 SSD uses stride 2 (extra layers), padding, and dilation 6 (fc6, the "atrous" conv of section 3 of the
 paper, which keeps fc6's receptive field after pool5 became 3x3/s1).
@@ -30,9 +34,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from .checks import check_input, pair, positive_int
+from .im2col import col2im, conv_geometry, im2col
 from .init import init_weight
-from .layers import check_input, parallel_for, parallel_sum
 from .module import Module
+from .threads import parallel_for, parallel_sum
 
 # Column buffers above this many bytes are not kept from forward to backward: backward unrolls the
 # input again, one chunk of images at a time. Below it, keeping the buffer saves an im2col per step.
@@ -42,192 +48,66 @@ CACHE_BYTES = 512 * 2**20
 CHUNK_BYTES = 128 * 2**20
 
 
-_SCRATCH: dict = {}
-
-
-def _scratch(xp, slot: str, shape, dtype):
-    """A shared buffer for values that need not outlive one call (every layer reuses it); one per
-    ``slot`` name, dtype and device, grown as needed."""
-    size = int(np.prod(shape))
-    key = (xp.__name__, slot, np.dtype(dtype).str)
-    buf = _SCRATCH.get(key)
-    if buf is None or buf.size < size:
-        _SCRATCH.pop(key, None)
-        buf = xp.empty(size, dtype=dtype)
-        _SCRATCH[key] = buf
-    return buf[:size].reshape(shape)
-
-
-def _pair(value, name: str, minimum: int) -> tuple[int, int]:
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair, got {value!r}")
-        pair = (value[0], value[1])
-    else:
-        pair = (value, value)
-    out = []
-    for v in pair:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-        if int(v) < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-        out.append(int(v))
-    return out[0], out[1]
-
-
-def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
-    """floor((size + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1 (may be <= 0: no output)."""
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def _geometry(x_shape, kernel_size, stride, padding, dilation):
-    N, C, H, W = (int(s) for s in x_shape)
-    KH, KW = _pair(kernel_size, "kernel_size", 1)
-    SH, SW = _pair(stride, "stride", 1)
-    PH, PW = _pair(padding, "padding", 0)
-    DH, DW = _pair(dilation, "dilation", 1)
-    OH = conv_output_size(H, KH, SH, PH, DH)
-    OW = conv_output_size(W, KW, SW, PW, DW)
-    if OH < 1 or OW < 1:
-        raise ValueError(
-            f"input of spatial size {H}x{W} is too small for kernel {KH}x{KW} with dilation {DH}x{DW} "
-            f"and padding {PH}x{PW} (output would be {OH}x{OW})"
-        )
-    return (N, C, H, W), (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW)
-
-
 # --------------------------------------------------------------------------------------------------
-# NumPy twins: what the kernels compute, written plainly.
+# The reference: plain NumPy, one kernel tap at a time.
 # --------------------------------------------------------------------------------------------------
-def im2col_ref(x, kernel_size, stride=1, padding=0, dilation=1):
-    """Unroll ``x`` (N, C, H, W) into columns (N, C*KH*KW, OH*OW), zero outside the image.
-
-    Row ``(c*KH + kh)*KW + kw``, column ``oh*OW + ow`` holds
-    ``x[n, c, oh*SH - PH + kh*DH, ow*SW - PW + kw*DW]``.
-    """
-    xp = get_array_module(x)
-    (N, C, H, W), (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW) = _geometry(
-        x.shape, kernel_size, stride, padding, dilation)
-    xpad = xp.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=x.dtype)
-    xpad[:, :, PH:PH + H, PW:PW + W] = x
-    col = xp.empty((N, C, KH, KW, OH, OW), dtype=x.dtype)
+def _taps(KH, KW, SH, SW, DH, DW, OH, OW):
+    """For each tap (kh, kw): the index of the padded input that tap reads for every output pixel,
+    ``xpad[:, :, oh*SH + kh*DH, ow*SW + kw*DW]`` over all (oh, ow)."""
     for kh in range(KH):
         for kw in range(KW):
             h0, w0 = kh * DH, kw * DW
-            col[:, :, kh, kw] = xpad[:, :, h0:h0 + SH * (OH - 1) + 1:SH, w0:w0 + SW * (OW - 1) + 1:SW]
-    return col.reshape(N, C * KH * KW, OH * OW)
+            yield kh, kw, (slice(None), slice(None), slice(h0, h0 + SH * (OH - 1) + 1, SH),
+                           slice(w0, w0 + SW * (OW - 1) + 1, SW))
 
 
-def col2im_ref(col, x_shape, kernel_size, stride=1, padding=0, dilation=1):
-    """The adjoint of `im2col_ref`: add every column entry back onto the pixel it was read from."""
-    xp = get_array_module(col)
-    (N, C, H, W), (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW) = _geometry(
-        x_shape, kernel_size, stride, padding, dilation)
-    col = col.reshape(N, C, KH, KW, OH, OW)
-    xpad = xp.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=col.dtype)
-    for kh in range(KH):
-        for kw in range(KW):
-            h0, w0 = kh * DH, kw * DW
-            xpad[:, :, h0:h0 + SH * (OH - 1) + 1:SH, w0:w0 + SW * (OW - 1) + 1:SW] += col[:, :, kh, kw]
-    return xpad[:, :, PH:PH + H, PW:PW + W].copy()
+def conv_forward_ref(x, W, b=None, stride=1, padding=0, dilation=1):
+    """y = conv(x, W) + b for x (N, C, H, W), W (F, C, KH, KW), b (F,) or None -> y (N, F, OH, OW).
 
-
-# --------------------------------------------------------------------------------------------------
-# Fast paths: Cython on the CPU, CuPy kernels on the GPU.
-# --------------------------------------------------------------------------------------------------
-_KERNELS = None
-
-
-def _cpu_kernels():
-    global _KERNELS
-    if _KERNELS is None:
-        from .._ext import load_extension
-
-        _KERNELS = load_extension("_im2col")
-    return _KERNELS
-
-
-def _check_float(x, name):
-    if x.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{name} must be float32 or float64, got {x.dtype}")
-
-
-def _col_shape(N, R, P, rows_first):
-    return (R, N, P) if rows_first else (N, R, P)
-
-
-def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None, rows_first=False):
-    """`im2col_ref` computed by the Cython kernel (NumPy input) or the CuPy kernel (CuPy input).
-
-    ``x`` (N, C, H, W) float32/float64 -> ``col`` (N, C*KH*KW, OH*OW). With ``rows_first=True`` the
-    result is ``im2col_ref(x).transpose(1, 0, 2)`` laid out contiguously, (C*KH*KW, N, OH*OW): the
-    layout in which one GEMM convolves the whole batch (what Conv2d uses). ``out``, if given, is a
-    C-contiguous array of that shape, dtype and device, overwritten and returned.
+    For each tap (kh, kw), the pixels it reads form an (N, C, OH, OW) array ``tap``, and
+    ``y[n, f] += sum_c W[f, c, kh, kw] * tap[n, c]``.
     """
-    if getattr(x, "ndim", None) != 4:
-        raise ValueError(f"im2col: x must be (N, C, H, W), got shape {getattr(x, 'shape', None)}")
-    _check_float(x, "im2col: x")
-    xp = get_array_module(x)
-    (N, C, H, W), (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW) = _geometry(
-        x.shape, kernel_size, stride, padding, dilation)
-    shape = _col_shape(N, C * KH * KW, OH * OW, rows_first)
-    if out is None:
-        out = xp.empty(shape, dtype=x.dtype)
-    elif (tuple(out.shape) != shape or out.dtype != x.dtype or not out.flags.c_contiguous
-          or get_array_module(out) is not xp):
-        raise ValueError(f"im2col: out must be a C-contiguous {x.dtype} array of shape {shape} on the "
-                         f"same device as x, got {out.dtype} {tuple(out.shape)}")
-    if out.size == 0:
-        return out
-    x = xp.ascontiguousarray(x)
-    if xp is np:
-        k, rf = _cpu_kernels(), bool(rows_first)
-        # jobs: one per (image, row) of the column matrix, each OH*OW values
-        parallel_for(N * C * KH * KW, lambda a, b: k.im2col(x, out, KH, KW, SH, SW, PH, PW, DH, DW, rf, a, b),
-                     grain=max(1, (1 << 15) // (OH * OW)))
-    else:
-        from .cuda_kernels import im2col_gpu
-
-        im2col_gpu(x, out, (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW), rows_first)
-    return out
+    x, W = np.asarray(x), np.asarray(W)
+    F, _, KH, KW = W.shape
+    (N, C, H, Wd), _, (SH, SW), (PH, PW), (DH, DW), (OH, OW) = conv_geometry(
+        x.shape, (KH, KW), stride, padding, dilation)
+    xpad = np.zeros((N, C, H + 2 * PH, Wd + 2 * PW), dtype=x.dtype)
+    xpad[:, :, PH:PH + H, PW:PW + Wd] = x
+    y = np.zeros((N, F, OH, OW), dtype=x.dtype)
+    for kh, kw, window in _taps(KH, KW, SH, SW, DH, DW, OH, OW):
+        y += np.einsum("nchw,fc->nfhw", xpad[window], W[:, :, kh, kw])
+    if b is not None:
+        y += np.asarray(b).reshape(1, F, 1, 1)
+    return y
 
 
-def col2im(col, x_shape, kernel_size, stride=1, padding=0, dilation=1, out=None, rows_first=False):
-    """`col2im_ref` computed by the Cython kernel (NumPy) or the CuPy gather kernel (CuPy).
+def conv_backward_ref(x, W, dy, stride=1, padding=0, dilation=1):
+    """Gradients of `conv_forward_ref` given dy = dL/dy (N, F, OH, OW): returns ``(dx, dW, db)``.
 
-    ``col`` (N, C*KH*KW, OH*OW), or (C*KH*KW, N, OH*OW) with ``rows_first``; returns ``x_shape``
-    (N, C, H, W), written into ``out`` if given.
+    Every product in the forward sum sends dy back to both of its factors:
+    ``dW[f, c, kh, kw] = sum over n, oh, ow of dy[n, f, oh, ow] * tap[n, c, oh, ow]``,
+    ``dtap[n, c] += sum_f W[f, c, kh, kw] * dy[n, f]`` (added onto the pixels the tap read), and
+    ``db[f] = sum over n, oh, ow of dy[n, f, oh, ow]``.
     """
-    _check_float(col, "col2im: col")
-    xp = get_array_module(col)
-    (N, C, H, W), (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW) = _geometry(
-        x_shape, kernel_size, stride, padding, dilation)
-    shape = _col_shape(N, C * KH * KW, OH * OW, rows_first)
-    if tuple(col.shape) != shape:
-        raise ValueError(f"col2im: col must have shape {shape} for x_shape {tuple(x_shape)}, "
-                         f"got {tuple(col.shape)}")
-    if out is None:
-        out = xp.empty((N, C, H, W), dtype=col.dtype)
-    elif (tuple(out.shape) != (N, C, H, W) or out.dtype != col.dtype or not out.flags.c_contiguous
-          or get_array_module(out) is not xp):
-        raise ValueError(f"col2im: out must be a C-contiguous {col.dtype} array of shape {(N, C, H, W)}")
-    if out.size == 0:
-        return out
-    col = xp.ascontiguousarray(col)
-    if xp is np:
-        k, rf = _cpu_kernels(), bool(rows_first)
-        # jobs: one per (image, channel) plane of dx
-        parallel_for(N * C, lambda a, b: k.col2im(col, out, KH, KW, SH, SW, PH, PW, DH, DW, rf, a, b),
-                     grain=max(1, (1 << 15) // (KH * KW * OH * OW)))
-    else:
-        from .cuda_kernels import col2im_gpu
-
-        col2im_gpu(col, out, (KH, KW), (SH, SW), (PH, PW), (DH, DW), (OH, OW), rows_first)
-    return out
+    x, W, dy = np.asarray(x), np.asarray(W), np.asarray(dy)
+    F, _, KH, KW = W.shape
+    (N, C, H, Wd), _, (SH, SW), (PH, PW), (DH, DW), (OH, OW) = conv_geometry(
+        x.shape, (KH, KW), stride, padding, dilation)
+    if dy.shape != (N, F, OH, OW):
+        raise ValueError(f"conv_backward_ref: dy must have shape {(N, F, OH, OW)}, got {dy.shape}")
+    xpad = np.zeros((N, C, H + 2 * PH, Wd + 2 * PW), dtype=x.dtype)
+    xpad[:, :, PH:PH + H, PW:PW + Wd] = x
+    dxpad = np.zeros_like(xpad)
+    dW = np.zeros_like(W)
+    for kh, kw, window in _taps(KH, KW, SH, SW, DH, DW, OH, OW):
+        dW[:, :, kh, kw] = np.einsum("nfhw,nchw->fc", dy, xpad[window])
+        dxpad[window] += np.einsum("nfhw,fc->nchw", dy, W[:, :, kh, kw])
+    db = dy.sum(axis=(0, 2, 3))
+    return dxpad[:, :, PH:PH + H, PW:PW + Wd].copy(), dW, db
 
 
 # --------------------------------------------------------------------------------------------------
-# GEMMs and copies split across the CPU threads (minissd.nn.layers.parallel_for); one call on the GPU.
+# GEMMs and copies split across the CPU threads (minissd/nn/threads.py); one call on the GPU.
 # --------------------------------------------------------------------------------------------------
 _GEMM_GRAIN = 1 << 21       # multiply-adds per thread below which splitting costs more than it saves
 
@@ -281,21 +161,23 @@ class Conv2d(Module):
 
     Shapes: x (N, C, H, W) -> y (N, F, OH, OW), OH = floor((H + 2*PH - DH*(KH-1) - 1) / SH) + 1.
     Params: ``W`` (F, C, KH, KW), ``b`` (F,).
+
+    Buffers: in training, the columns of a batch under CACHE_BYTES are kept in this layer from forward
+    to backward and reused from step to step; the per-call scratch (output before the NCHW transpose,
+    column chunks of large batches) comes from ``self.workspace``, which the whole model shares
+    (minissd/nn/workspace.py). ``clear_cache()`` releases both.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  bias: bool = True, init: str = "xavier", rng: np.random.Generator | None = None,
                  dtype=np.float32, input_grad: bool = True):
         super().__init__()
-        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"Conv2d: {name} must be a positive int, got {v!r}")
-        self.in_channels = int(in_channels)
-        self.out_channels = int(out_channels)
-        self.kernel_size = _pair(kernel_size, "Conv2d kernel_size", 1)
-        self.stride = _pair(stride, "Conv2d stride", 1)
-        self.padding = _pair(padding, "Conv2d padding", 0)
-        self.dilation = _pair(dilation, "Conv2d dilation", 1)
+        self.in_channels = positive_int(in_channels, "Conv2d: in_channels")
+        self.out_channels = positive_int(out_channels, "Conv2d: out_channels")
+        self.kernel_size = pair(kernel_size, "Conv2d kernel_size", 1)
+        self.stride = pair(stride, "Conv2d stride", 1)
+        self.padding = pair(padding, "Conv2d padding", 0)
+        self.dilation = pair(dilation, "Conv2d dilation", 1)
         self.input_grad = bool(input_grad)
         self.init = init
         rng = rng if rng is not None else np.random.default_rng()
@@ -305,7 +187,8 @@ class Conv2d(Module):
         if bias:
             self.add_param("b", np.zeros(self.out_channels, dtype=dtype))
         self._x = None          # input of the last forward (backward unrolls it again if needed)
-        self._col = None        # this layer's column buffer, rows first: (C*KH*KW, N, OH*OW)
+        self._col = None        # this layer's column buffer, rows first: (C*KH*KW, N, OH*OW), kept
+                                # from forward to backward and from step to step (clear_cache drops it)
         self._col_valid = False
         self._out_hw = None
 
@@ -318,7 +201,7 @@ class Conv2d(Module):
             s += ", bias=False"
         return s
 
-    def clear_cache(self) -> None:
+    def clear_own_cache(self) -> None:
         self._x = None
         self._col = None
         self._col_valid = False
@@ -332,7 +215,7 @@ class Conv2d(Module):
         per_image = rows * pixels * itemsize
         return max(1, min(N, CHUNK_BYTES // max(per_image, 1)))
 
-    def _workspace(self, xp, shape, dtype):
+    def _column_buffer(self, xp, shape, dtype):
         """This layer's column buffer of ``shape``, reused across steps (big fresh arrays cost page
         faults); it holds the columns from forward to backward."""
         buf = self._col
@@ -353,7 +236,7 @@ class Conv2d(Module):
         check_input("Conv2d", x, channels=self.in_channels, like=W)
         xp = get_array_module(x)
         x = xp.ascontiguousarray(x)
-        (N, C, H, Wd), _, _, _, _, (OH, OW) = _geometry(x.shape, *self._conv_args())
+        (N, _, _, _), _, _, _, _, (OH, OW) = conv_geometry(x.shape, *self._conv_args())
         F = self.out_channels
         W2d = W.reshape(F, -1)                                   # (F, R)
         R, P = W2d.shape[1], OH * OW
@@ -367,17 +250,17 @@ class Conv2d(Module):
         for n0 in range(0, N, step):
             m = min(N, n0 + step) - n0
             if keep:
-                col = self._workspace(xp, (R, N, P), x.dtype)
+                col = self._column_buffer(xp, (R, N, P), x.dtype)
             else:
-                col = _scratch(xp, "col", (R, m, P), x.dtype)
+                col = self.workspace.get(xp, "col", (R, m, P), x.dtype)
             im2col(x[n0:n0 + m], *self._conv_args(), out=col, rows_first=True)
-            yt = _scratch(xp, "y", (F, m * P), x.dtype)
+            yt = self.workspace.get(xp, "y", (F, m * P), x.dtype)
             _gemm(W2d, col.reshape(R, m * P), yt)                 # (F, m*P)
             yt = yt.reshape(F, m, P)
             if b is not None:                                     # (F, a:b, P) -> (a:b, F, P), + bias
-                _copy_images(y[n0:n0 + m], lambda a, c: yt[:, a:c].transpose(1, 0, 2) + b, m, F * P)
+                _copy_images(y[n0:n0 + m], lambda a, c, yt=yt: yt[:, a:c].transpose(1, 0, 2) + b, m, F * P)
             else:
-                _copy_images(y[n0:n0 + m], lambda a, c: yt[:, a:c].transpose(1, 0, 2), m, F * P)
+                _copy_images(y[n0:n0 + m], lambda a, c, yt=yt: yt[:, a:c].transpose(1, 0, 2), m, F * P)
         self._col_valid = keep
         return y.reshape(N, F, OH, OW)
 
@@ -404,12 +287,12 @@ class Conv2d(Module):
             if keep:
                 col = self._col
             else:
-                col = _scratch(xp, "col", (R, m, P), x.dtype)
+                col = self.workspace.get(xp, "col", (R, m, P), x.dtype)
                 im2col(x[n0:n0 + m], *self._conv_args(), out=col, rows_first=True)
             col2d = col.reshape(R, m * P)
-            dyt = _scratch(xp, "y", (F, m, P), x.dtype)
+            dyt = self.workspace.get(xp, "y", (F, m, P), x.dtype)
             dyt_images = dyt.transpose(1, 0, 2)                  # (m, F, P) view of (F, m, P)
-            _copy_images(dyt_images, lambda a, c: dy[n0 + a:n0 + c], m, F * P)
+            _copy_images(dyt_images, lambda a, c, n0=n0: dy[n0 + a:n0 + c], m, F * P)
             dyt = dyt.reshape(F, m * P)
             part = dyt.sum(axis=1)
             db = part if db is None else db + part

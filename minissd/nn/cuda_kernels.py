@@ -4,7 +4,7 @@ Each kernel is a ``cupy.ElementwiseKernel`` with one thread per *output* element
 written by exactly one thread: col2im and the max-pool backward are gathers (each input pixel sums the
 entries that read it, in a fixed order) rather than atomic scatter-adds, which makes them deterministic
 (the approach of Chainer's chainer/utils/conv.py). The CPU twins are the Cython kernels in
-csrc/im2col.pyx and the NumPy references in minissd/nn/conv.py and minissd/nn/layers.py; the tests
+csrc/im2col.pyx and the NumPy references in minissd/nn/im2col.py and minissd/nn/pool.py; the tests
 compare all three on a GPU machine (scripts/gpu_check.sh).
 
 CuPy is imported through minissd.backend only; the kernels compile on first use.

@@ -14,6 +14,11 @@ Rules every layer follows (docs/ARCHITECTURE.md):
   and never writes into ``dy``;
 * the array module comes from the input (``get_array_module``): parameters and input must be on the
   same device, which ``to(device)`` arranges.
+
+Buffers: what a layer keeps between calls (its forward cache, Conv2d's column buffer, MaxPool2d's
+argmax) is released by its ``clear_own_cache``; per-call scratch comes from ``self.workspace``
+(minissd/nn/workspace.py), one Workspace shared by the whole tree (``add_child`` hands the parent's to
+the child's subtree). ``clear_cache()`` on any module releases both, for it and everything below it.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..backend import get_array_module, to_device
+from ..backend import get_array_module, to_cpu, to_device
+from .workspace import Workspace
 
 
 class Module:
@@ -33,6 +39,7 @@ class Module:
         self.grads: dict = OrderedDict()
         self.children: "OrderedDict[str, Module]" = OrderedDict()
         self.training = True
+        self.workspace = Workspace()    # scratch buffers, shared with the tree this module joins
 
     # -- the two passes ------------------------------------------------------------------
     def forward(self, x):
@@ -52,9 +59,14 @@ class Module:
         self.grads[name] = xp.zeros_like(value)
 
     def add_child(self, name: str, module: "Module") -> "Module":
+        """Register ``module`` under ``name``; it and its subtree now use this module's workspace."""
         if "." in name:
             raise ValueError(f"child name {name!r} must not contain '.'")
+        if not isinstance(module, Module):
+            raise TypeError(f"child {name!r} is {type(module).__name__}, not a Module")
         self.children[name] = module
+        for _, mod in module.named_modules():
+            mod.workspace = self.workspace
         return module
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
@@ -95,7 +107,7 @@ class Module:
             for key in list(mod.params):
                 mod.params[key] = to_device(mod.params[key], device)
                 mod.grads[key] = to_device(mod.grads[key], device)
-            mod.clear_cache()
+        self.clear_cache()
         return self
 
     def astype(self, dtype) -> "Module":
@@ -104,11 +116,18 @@ class Module:
             for key in list(mod.params):
                 mod.params[key] = mod.params[key].astype(dtype)
                 mod.grads[key] = mod.grads[key].astype(dtype)
-            mod.clear_cache()
+        self.clear_cache()
         return self
 
     def clear_cache(self) -> None:
-        """Drop whatever forward stored for backward (subclasses with caches override)."""
+        """Release every buffer this module and the modules below it keep: forward caches, column
+        buffers, argmax maps (each module's `clear_own_cache`) and the shared workspace's scratch."""
+        for _, mod in self.named_modules():
+            mod.clear_own_cache()
+            mod.workspace.clear()
+
+    def clear_own_cache(self) -> None:
+        """Drop what this module alone keeps between calls (layers with caches override; not children)."""
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Parameters by dotted name, as they are (not copied; not moved to the host)."""
@@ -140,6 +159,8 @@ class Module:
                     f"but {tuple(value.shape)} in the state"
                 )
             xp = get_array_module(target)
+            if xp is np:
+                value = to_cpu(value)           # np.asarray refuses a CuPy array (no implicit copy)
             target[...] = xp.asarray(value, dtype=target.dtype)
 
     def extra_repr(self) -> str:
