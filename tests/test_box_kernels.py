@@ -343,6 +343,8 @@ def test_gpu_iou_coder_and_match_equal_cpu():
     rng = np.random.default_rng(8)
     a, b = random_boxes(rng, 3000, False), random_boxes(rng, 500, True)
     np.testing.assert_allclose(cp.asnumpy(iou(cp.asarray(a), cp.asarray(b))), iou(a, b), atol=1e-12)
+    np.testing.assert_allclose(cp.asnumpy(iou(cp.asarray(a * 50), cp.asarray(b * 50), inclusive_pixels=True)),
+                               iou(a * 50, b * 50, inclusive_pixels=True), atol=1e-12)
     priors = make_priors("ssd300")
     loc = rng.standard_normal((2, len(priors), 4))
     np.testing.assert_allclose(cp.asnumpy(decode(cp.asarray(loc), cp.asarray(priors))),
@@ -394,5 +396,3 @@ def test_a_stale_prior_index_is_refused(rng):
         match(a, gt, [1, 2, 3], index=index)
     with pytest.raises(ValueError, match=r"priors_cxcywh\[0\].*zero or negative width"):
         build_prior_index(np.array([[0.5, 0.5, 0.0, 0.1]]))
-    np.testing.assert_allclose(cp.asnumpy(iou(cp.asarray(a * 50), cp.asarray(b * 50), inclusive_pixels=True)),
-                               iou(a * 50, b * 50, inclusive_pixels=True), atol=1e-12)

@@ -156,9 +156,6 @@ class SSD(Module):
         return next(m for m in self.trunk if isinstance(m, Conv2d))
 
     @property
-    def dtype(self):
-        return self.loc.children[self.source_names[0]].params["W"].dtype
-    @property
     def input_mean(self) -> tuple:
         """Per-channel RGB mean (0..255) subtracted from the input pixels; stored in ``config``."""
         return tuple(self.config["input_mean"])
@@ -176,6 +173,9 @@ class SSD(Module):
     def input_std(self, value) -> None:
         self.config["input_std"] = list(as_rgb(value, "input_std", positive=True))
 
+    @property
+    def dtype(self):
+        return self.loc.children[self.source_names[0]].params["W"].dtype
 
     def extra_repr(self) -> str:
         return f"{self.config['name']}, num_classes={self.num_classes}, priors={self.num_priors}"
