@@ -1,7 +1,7 @@
 """The MultiBox loss of SSD: softmax confidence loss + smooth L1 localisation loss, hard negatives.
 
 Paper: section 2.2 "Training objective", eqs. (1)-(3), and "Hard negative mining".
-Walkthrough: docs/03-loss.md.
+Walkthrough: docs/06-loss.md.
 
 For one batch, with ``x`` the matching (``labels`` > 0 marks a positive default box), ``c`` the class
 logits, ``l`` the predicted offsets and ``g`` the encoded ground truth offsets::
@@ -168,7 +168,7 @@ class MultiBoxLoss:
     """SSD's training objective (paper eqs. (1)-(3)) with hard negative mining, forward and backward.
 
     Paper: section 2.2, eqs. (1)-(3) and "Hard negative mining".
-    Walkthrough: docs/03-loss.md.
+    Walkthrough: docs/06-loss.md.
 
     Parameters
     ----------
@@ -182,7 +182,7 @@ class MultiBoxLoss:
         positives has loss exactly 0 and zero gradients (a harmless no-op step, rather than a step on
         a sum of hard negatives that the normaliser ``max(N, 1) = 1`` does not scale down). Set it to
         a few (say 3-10) when the data holds many images without objects and the detector should
-        learn from their false positives too. See docs/03-loss.md.
+        learn from their false positives too. See docs/06-loss.md.
     check_finite : bool, keyword-only
         Raise `NonFiniteError` (a ValueError) naming the argument when ``loc``, ``conf`` or the
         positives' ``loc_t`` hold NaN/inf. One extra pass over the inputs; on by default.

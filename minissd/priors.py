@@ -6,7 +6,7 @@ aspect ratios a_r in {1, 2, 3, 1/2, 1/3}; width s_k sqrt(a_r), height s_k / sqrt
 ratio 1 has scale s'_k = sqrt(s_k s_{k+1}).
 
 Paper: section 2.2 "Choosing scales and aspect ratios for default boxes", eq. (4).
-Walkthrough: docs/01-default-boxes.md.
+Walkthrough: docs/02-default-boxes.md.
 
 The built-in configs use the authors' Caffe numbers (``min_sizes``/``max_sizes`` in pixels), which differ
 from eq. (4): conv4_3 gets its own scale 0.1 (0.07 for SSD512) and the remaining scales are spaced in
@@ -161,7 +161,7 @@ PRIOR_CONFIGS = {
     # ratio-2 boxes are 11 px tall, 8.8 %) to sqrt(112 * 128) = 120 px (93.5 %), about 2x per map. Chosen
     # on the built-in shapes data (objects 10 %..80 % of the image side): against (10, 24, 48, 80, 108)
     # it gives 3.3 instead of 1.9 positive boxes per object and leaves 4.7 % instead of 17.6 % of the
-    # objects without any box of IoU >= 0.5 (docs/01-default-boxes.md).
+    # objects without any box of IoU >= 0.5 (docs/02-default-boxes.md).
     "small": PriorConfig(
         image_size=128,
         feature_maps=(16, 8, 4, 2, 1),

@@ -16,7 +16,7 @@ What the conversion adds to jupytext's reading:
 Usage::
 
     python scripts/docs_notebooks.py                          # every page -> build/notebooks/
-    python scripts/docs_notebooks.py docs/gradients.md --out /tmp/nb --execute
+    python scripts/docs_notebooks.py docs/07-gradients.md --out /tmp/nb --execute
 
 Needs ``pip install jupytext nbclient ipykernel`` (part of the ``test`` extra). tests/test_docs.py
 converts and executes every page with these functions.

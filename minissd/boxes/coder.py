@@ -10,7 +10,7 @@ divides by the variances (a fixed rescaling of the regression targets, ~unit var
 since does the same. Both functions are array-module generic: CuPy arrays stay on the GPU.
 
 Paper: section 2.2 "Training objective", eq. (2).
-Walkthrough: docs/02-matching-and-encoding.md.
+Walkthrough: docs/03-matching-and-encoding.md.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Figure for docs/04-convolution.md: im2col, and what dilation does to a 3x3 kernel.
+"""Figure for docs/04-layers.md: im2col, and what dilation does to a 3x3 kernel.
 
 Left: a 1-channel 5x5 input whose pixels are numbered, with the 3x3 window (padding 1) of output
 pixel (1, 2) outlined. Middle: the column matrix im2col makes of it, (C*KH*KW, OH*OW) = (9, 25); the

@@ -1,4 +1,4 @@
-"""Figure for docs/01-default-boxes.md: SSD300's default boxes at one location of four feature maps.
+"""Figure for docs/02-default-boxes.md: SSD300's default boxes at one location of four feature maps.
 
 Each panel is the 300 x 300 input with the cell grid of one source map (38x38 conv4_3, 19x19 fc7, 5x5
 conv9_2... as in Fig. 1 of the paper, where an 8x8 and a 4x4 map show how small maps hold big boxes)

@@ -1,4 +1,4 @@
-"""Figure for docs/03-loss.md: which default boxes hard negative mining keeps on one image.
+"""Figure for docs/06-loss.md: which default boxes hard negative mining keeps on one image.
 
 A shapes image, the small model's 1524 default boxes (minissd.priors.make_priors("small")) matched to
 its objects, and confidence scores from a stand-in detector: a box looks like an object in proportion

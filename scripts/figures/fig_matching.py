@@ -1,4 +1,4 @@
-"""Figure for docs/02-matching-and-encoding.md: the default boxes matched to ground-truth boxes.
+"""Figure for docs/03-matching-and-encoding.md: the default boxes matched to ground-truth boxes.
 
 Left: every default box of the small model (128 px, 1524 boxes) with IoU > 0.2 against one object,
 coloured by that IoU. Right: the result of `match` for all objects of the image: the positive default
