@@ -12,6 +12,7 @@ Walkthrough: docs/11-inference.md
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from .backend import get_array_module, to_cpu, to_device
 from .data import DataLoader, EvalTransform, preprocess
@@ -40,8 +41,6 @@ def load_inference_model(path, device="cpu"):
 
 def read_image(path) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
