@@ -5,7 +5,7 @@ specs (minissd/model/configs.py) into a `Sequential`: each ``conv`` spec becomes
 after the spec followed by a `ReLU` named ``<name>_relu``; each ``pool`` spec a `MaxPool2d`.
 Parameter names are therefore ``trunk.conv4_3.W``, ``extras.conv8_2.b`` and so on.
 
-SSD's changes to VGG16 (paper section 3.1, "Base network"): pool5 becomes 3x3 / stride 1 / pad 1
+SSD's changes to VGG16 (paper section 3, "Base network"): pool5 becomes 3x3 / stride 1 / pad 1
 so the map stays 19x19; fc6 and fc7 become convolutions, fc6 a 3x3 kernel with dilation 6 (the
 "atrous" subsampling of the 7x7x512x4096 fc6 weights) with 1024 channels, fc7 1x1 with 1024; the
 dropout layers and fc8 go. pool3 rounds its output size up (Caffe's pooling), 75 -> 38 at 300 px.
