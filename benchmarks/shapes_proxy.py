@@ -26,7 +26,7 @@ def main(argv=None):
     import torch
     import torch.nn.functional as F
 
-    from minissd.boxes import batched_detect, decode, encode, match_batch
+    from minissd.boxes import batched_detect, build_prior_index, decode, encode, match_batch
     from minissd.data import DataLoader, EvalTransform, ShapesDataset, TrainTransform
     from minissd.metrics import evaluate_detections
     from minissd.model.torch_reference import build_torch_reference
@@ -39,6 +39,7 @@ def main(argv=None):
         if name.endswith("/W"):
             torch.nn.init.xavier_uniform_(p)
     priors = make_priors("small")
+    prior_index = build_prior_index(priors)   # the matching index, built once (as the SSD model does)
     mean, std = 127.0, 64.0
     steps = {"flip": dict(photometric=False, expand=False, crop=False),
              "crop": dict(photometric=False, expand=False), "full": {}}[args.aug]
@@ -68,7 +69,7 @@ def main(argv=None):
     for it, batch in enumerate(loader.batches(), 1):
         for group in opt.param_groups:
             group["lr"] = 0.04 * min(1.0, it / 100)
-        labels, matched = match_batch(priors, batch.boxes, batch.labels, 0.5)
+        labels, matched = match_batch(priors, batch.boxes, batch.labels, 0.5, index=prior_index)
         loc_t = torch.from_numpy(encode(matched, priors).astype(np.float32))
         labels = torch.from_numpy(np.asarray(labels))
         loc, conf = model(torch.from_numpy(batch.images))
