@@ -135,6 +135,22 @@ def test_iou_threshold_is_inclusive_and_pixel_convention():
     assert evaluate_detections(d, g, 1, iou_threshold=4 / 9 - 1e-12)["ap"][1] == 1.0
 
 
+def test_overlaps_come_from_the_one_iou_and_flipped_detections_are_refused(monkeypatch):
+    # metrics has no IoU of its own: match_detections asks minissd.boxes.iou (with the devkit's +1 on request).
+    import minissd.metrics as metrics_mod
+    calls = []
+
+    def spy(a, b, inclusive_pixels=False):
+        calls.append(inclusive_pixels)
+        return box_iou(a, b, inclusive_pixels)
+    monkeypatch.setattr(metrics_mod, "box_iou", spy)
+    g = [gt([[0, 0, 9, 9]], [1])]
+    assert evaluate_detections([det([[0, 0, 9, 4]], [1], [0.9])], g, 1, inclusive_pixels=True)["ap"][1] == 1.0
+    assert calls == [True]
+    with pytest.raises(ValueError, match=r"detections\[0\]\.boxes must be xyxy"):
+        evaluate_detections([det([[9, 0, 0, 9]], [1], [0.9])], g, 1)
+
+
 def test_devkit_duplicate_rule_versus_greedy():
     a, b = [0, 0, 10, 10], [5, 0, 15, 10]
     second = [2, 0, 12, 10]           # IoU 2/3 with a (taken), 7/13 with b (free)
