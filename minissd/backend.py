@@ -9,6 +9,10 @@ the host.
 Device selection for the command-line tools: ``--device cpu|cuda`` or the environment
 variable ``MINISSD_DEVICE``; `resolve_device` turns either into ``"cpu"`` or ``"cuda"``
 and fails with a message that says what is missing when CUDA cannot be used.
+
+Why CUDA is unusable is kept, not swallowed: `gpu_unavailable_reason` says it in one line. With the
+environment variable ``MINISSD_REQUIRE_GPU=1`` (the GPU machine's test run), `require_gpu_if_asked`
+raises instead, and the test suite turns every skipped GPU test into a failure (tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ else:
 
 DEVICES = ("cpu", "cuda")
 ENV_VAR = "MINISSD_DEVICE"
+REQUIRE_GPU_ENV = "MINISSD_REQUIRE_GPU"
 
 
 class DeviceError(RuntimeError):
@@ -37,14 +42,36 @@ def cupy_module():
     return _cupy
 
 
+def gpu_unavailable_reason() -> str | None:
+    """None when CuPy imports and sees a CUDA device, else one line that says why not."""
+    if _cupy is None:
+        return f"CuPy does not import ({_CUPY_IMPORT_ERROR})"
+    try:
+        count = _cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # no driver, no device, a CUDA library that fails to load
+        first = (str(err).strip().splitlines() or [""])[0]
+        return f"CuPy finds no CUDA device ({type(err).__name__}: {first})"
+    if count < 1:
+        return "CuPy finds no CUDA device (getDeviceCount() is 0)"
+    return None
+
+
 def gpu_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device."""
-    if _cupy is None:
-        return False
-    try:
-        return _cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+    return gpu_unavailable_reason() is None
+
+
+def gpu_required() -> bool:
+    """True when ``$MINISSD_REQUIRE_GPU`` is set to anything but "", "0", "false", "no" or "off"."""
+    return os.environ.get(REQUIRE_GPU_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def require_gpu_if_asked() -> None:
+    """Raise DeviceError (saying why) when ``$MINISSD_REQUIRE_GPU`` is set and CUDA is unusable."""
+    if gpu_required():
+        reason = gpu_unavailable_reason()
+        if reason is not None:
+            raise DeviceError(f"{REQUIRE_GPU_ENV} is set but {reason}")
 
 
 def is_gpu_array(x) -> bool:
@@ -111,10 +138,9 @@ def resolve_device(requested: str | None = None) -> str:
 def synchronize(x=None) -> None:
     """Wait for queued GPU work (for timing); a no-op on the CPU."""
     if _cupy is not None and (x is None or is_gpu_array(x)):
-        try:
-            _cupy.cuda.get_current_stream().synchronize()
-        except Exception:
-            pass
+        # No try/except: an asynchronous kernel fault is reported here, by the sync that finds it,
+        # not later by some unrelated call.
+        _cupy.cuda.get_current_stream().synchronize()
 
 
 def _check_device_name(name: str, source: str = "device") -> str:
@@ -133,8 +159,9 @@ def _require_cuda() -> None:
             f"({_CUPY_IMPORT_ERROR}). Install the wheel for your CUDA version: "
             "pip install 'minissd[cuda12]' or 'minissd[cuda13]'; or use --device cpu."
         )
-    if not gpu_available():
+    reason = gpu_unavailable_reason()
+    if reason is not None:
         raise DeviceError(
-            "device 'cuda' was requested but CuPy sees no CUDA GPU "
-            "(check nvidia-smi and CUDA_VISIBLE_DEVICES); or use --device cpu."
+            f"device 'cuda' was requested but {reason}; "
+            "check nvidia-smi and CUDA_VISIBLE_DEVICES, or use --device cpu."
         )
