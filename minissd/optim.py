@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from .backend import get_array_module
+from .backend import get_array_module, to_cpu
 
 
 def is_bias(name: str) -> bool:
@@ -113,7 +113,7 @@ class SGD:
                 raise KeyError(f"parameter {name!r} appeared after the optimiser was built")
             xp = get_array_module(p)
             if get_array_module(v) is not xp or v.dtype != p.dtype:
-                v = self.buffers[name] = xp.asarray(v, dtype=p.dtype)
+                v = self.buffers[name] = _like(v, p)
             lr_mult, decay_mult = self.multipliers(name)
             rate = self._lr * lr_mult
             decay = self.weight_decay * decay_mult
@@ -158,8 +158,19 @@ class SGD:
         self.weight_decay = _number(state.get("weight_decay", self.weight_decay), "weight_decay")
         self.iteration = int(state.get("iteration", 0))
         for name, p in params.items():
-            xp = get_array_module(p)
-            self.buffers[name] = xp.array(buffers[name], dtype=p.dtype, copy=True)
+            self.buffers[name] = _like(buffers[name], p, copy=True)
+
+
+def _like(a, p, copy: bool = False):
+    """``a`` on ``p``'s device with ``p``'s dtype (a new array when ``copy``).
+
+    To the CPU through `to_cpu`: NumPy refuses the implicit conversion of a CuPy array (TypeError).
+    """
+    xp = get_array_module(p)
+    if xp is np:
+        out = to_cpu(a)
+        return out.astype(p.dtype, copy=copy)
+    return xp.array(a, dtype=p.dtype, copy=True) if copy else xp.asarray(a, dtype=p.dtype)
 
 
 # ------------------------------------------------------------------------------------------------

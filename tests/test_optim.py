@@ -216,3 +216,52 @@ def test_schedules_reject_bad_arguments():
         WarmupCosine(0.1, 10, 10)
     with pytest.raises(ValueError, match="iteration must be >= 0"):
         WarmupMultiStep(0.1)(-1)
+
+
+class _DeviceArray:
+    """Stands in for a CuPy array: like CuPy, it refuses NumPy's implicit conversion (TypeError)."""
+
+    def __init__(self, a):
+        self._a = np.array(a)
+        self.shape, self.dtype = self._a.shape, self._a.dtype
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed")
+
+    def get(self):
+        return self._a.copy()
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """backend treats `_DeviceArray` as the GPU array type (to_cpu copies it back with asnumpy)."""
+    from types import SimpleNamespace
+
+    from minissd import backend
+    monkeypatch.setattr(backend, "_cupy", SimpleNamespace(ndarray=_DeviceArray, asnumpy=lambda a: a.get()))
+
+
+def test_gpu_momentum_moves_to_a_cpu_model_through_to_cpu(rng, fake_gpu):
+    # model.to("cpu") after training on the GPU: the buffers still live on the device until the next step
+    net_a, net_b = _model(np.random.default_rng(4)), _model(np.random.default_rng(4))
+    opt_a, opt_b = SGD(net_a, lr=0.1), SGD(net_b, lr=0.1)
+    for name, v in opt_a.buffers.items():
+        v[...] = rng.standard_normal(v.shape)
+        opt_b.buffers[name] = _DeviceArray(v)
+    for net in (net_a, net_b):
+        _fake_grads(net, np.random.default_rng(5))
+    opt_a.step()
+    opt_b.step()
+    assert all(type(b) is np.ndarray for b in opt_b.buffers.values())
+    for (n, pa, _), (_, pb, _) in zip(net_a.named_parameters(), net_b.named_parameters()):
+        np.testing.assert_array_equal(pa, pb, err_msg=n)
+
+
+def test_load_state_dict_copies_gpu_buffers_to_a_cpu_model(rng, fake_gpu):
+    net = _model(rng, dtype=np.float32)
+    opt = SGD(net, lr=0.1)
+    want = {n: rng.standard_normal(b.shape) for n, b in opt.buffers.items()}
+    opt.load_state_dict(dict(opt.state_dict(), buffers={n: _DeviceArray(w) for n, w in want.items()}))
+    for n, b in opt.buffers.items():
+        assert type(b) is np.ndarray and b.dtype == np.float32
+        np.testing.assert_array_equal(b, want[n].astype(np.float32), err_msg=n)
