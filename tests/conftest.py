@@ -1,4 +1,17 @@
-"""Shared fixtures: ``rng`` (seeded Generator) and ``xp`` (numpy, plus cupy when a GPU is present)."""
+"""Shared fixtures, markers and switches of the test suite.
+
+- ``rng`` (seeded Generator) and ``xp`` (numpy, plus cupy when a GPU is present).
+- ``gpu``: skip marker for tests that need CuPy and a CUDA GPU; its reason says why the GPU is missing.
+  Mark such tests ``@pytest.mark.gpu`` too, so that ``pytest -m gpu`` selects them.
+- ``MINISSD_REQUIRE_GPU=1`` (scripts/gpu_check.sh sets it): a ``gpu``-marked test that skips, for any
+  reason, is reported as a failure instead, so a CuPy that does not import or sees no device cannot pass
+  for a green GPU run.
+- hypothesis: one settings profile, loaded by default (derandomized, fixed example count, no deadline),
+  so that CI runs the same examples every time; ``HYPOTHESIS_PROFILE=explore`` draws fresh random ones.
+  Test modules import ``HealthCheck, example, given, settings, st`` from here: where hypothesis is not
+  installed those are stand-ins under which each property test skips and every other test still runs.
+"""
+import inspect
 import os
 
 import numpy as np
@@ -6,9 +19,10 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from minissd import backend  # noqa: E402
+from minissd import backend
 
-HAS_GPU = backend.gpu_available()
+GPU_REASON = backend.gpu_unavailable_reason()
+HAS_GPU = GPU_REASON is None
 
 try:
     import torch  # noqa: F401
@@ -20,9 +34,59 @@ except Exception:
 # Cross-check tests use this marker; CI installs torch so they run there, and a run without torch
 # says why each one skipped.
 requires_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch (the cross-check oracle) is not installed")
-gpu = pytest.mark.skipif(not HAS_GPU, reason="needs CuPy and a CUDA GPU")
+gpu = pytest.mark.skipif(not HAS_GPU, reason=f"needs CuPy and a CUDA GPU: {GPU_REASON}")
 
 
+# -- hypothesis, or stand-ins where it is not installed -------------------------------------------------
+try:
+    from hypothesis import HealthCheck, example, given, settings  # re-exported to the test modules
+    from hypothesis import strategies as st
+
+    HAS_HYPOTHESIS = True
+except ImportError:
+    HAS_HYPOTHESIS = False
+
+if HAS_HYPOTHESIS:
+    # CI: the same examples on every run (derandomize; no example database), a fixed count where a
+    # test does not set its own, and no per-example deadline (a shared CI core is slow at times).
+    settings.register_profile("minissd", derandomize=True, database=None, max_examples=60, deadline=None)
+    # Looking for new counterexamples by hand: HYPOTHESIS_PROFILE=explore python -m pytest ...
+    settings.register_profile("explore", derandomize=False, max_examples=500, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "minissd"))
+else:
+    class _Anything:
+        """Accepts any attribute access or call (``st.integers(0, 5).map(f)``, ``HealthCheck.too_slow``)."""
+
+        def __getattr__(self, name):
+            return self
+
+        def __call__(self, *args, **kwargs):
+            return self
+
+    st = HealthCheck = _Anything()
+
+    def settings(*args, **kwargs):
+        return lambda f: f
+
+    def example(*args, **kwargs):
+        return lambda f: f
+
+    def given(*args, **kwargs):
+        """Replace the property test by one that skips; its other arguments (parametrize, fixtures) stay."""
+        def decorate(f):
+            params = list(inspect.signature(f).parameters.values())
+            drawn = set(kwargs) | {p.name for p in params[len(params) - len(args):]} if args else set(kwargs)
+
+            def skipped(*a, **k):
+                pytest.skip("hypothesis is not installed")
+            skipped.__name__, skipped.__qualname__ = f.__name__, f.__qualname__
+            skipped.__module__, skipped.__doc__ = f.__module__, f.__doc__
+            skipped.__signature__ = inspect.Signature([p for p in params if p.name not in drawn])
+            return skipped
+        return decorate
+
+
+# -- fixtures --------------------------------------------------------------------------------------
 @pytest.fixture
 def rng():
     return np.random.default_rng(20161008)
@@ -34,7 +98,7 @@ if backend.cupy_module() is not None:
                                   marks=[pytest.mark.gpu, gpu]))
 else:
     XP_PARAMS.append(pytest.param(None, id="cupy", marks=[pytest.mark.gpu, pytest.mark.skip(
-        reason="CuPy is not installed")]))
+        reason=f"needs CuPy and a CUDA GPU: {GPU_REASON}")]))
 
 
 @pytest.fixture(params=XP_PARAMS)
@@ -43,6 +107,33 @@ def xp(request):
     return request.param
 
 
+# -- hooks -----------------------------------------------------------------------------------------
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs CuPy and a CUDA GPU (skipped without one)")
+
+
+def pytest_report_header(config):
+    gpu_line = "available" if HAS_GPU else f"not available: {GPU_REASON}"
+    required = f"; {backend.REQUIRE_GPU_ENV} is set: GPU skips fail" if backend.gpu_required() else ""
+    hyp = "" if HAS_HYPOTHESIS else "; hypothesis not installed: property tests skip"
+    return f"minissd: CUDA GPU {gpu_line}{required}{hyp}"
+
+
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("MINISSD_REQUIRE_TORCH") and not HAS_TORCH:
         raise pytest.UsageError("MINISSD_REQUIRE_TORCH is set but torch does not import")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under MINISSD_REQUIRE_GPU, a skipped ``gpu``-marked test fails (an error when it skipped at setup,
+    as skip markers do), saying why it skipped."""
+    outcome = yield
+    report = outcome.get_result()
+    if (report.skipped and not hasattr(report, "wasxfail") and item.get_closest_marker("gpu") is not None
+            and backend.gpu_required()):
+        longrepr = report.longrepr
+        why = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        why = why.removeprefix("Skipped: ")
+        report.outcome = "failed"
+        report.longrepr = f"{backend.REQUIRE_GPU_ENV} is set but this GPU test skipped: {why}"

@@ -1,9 +1,7 @@
 """ReLU, MaxPool2d, L2Norm: kernels == NumPy twins, float64 gradient checks, PyTorch cross-checks."""
 import numpy as np
 import pytest
-from conftest import requires_torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from conftest import given, requires_torch, settings, st
 
 from minissd.backend import to_cpu
 from minissd.nn import (

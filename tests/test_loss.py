@@ -8,9 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import gpu, requires_torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from conftest import given, gpu, requires_torch, settings, st
 
 from minissd.backend import to_cpu
 from minissd.loss import (LossParts, MultiBoxLoss, NonFiniteError, log_softmax, mine_hard_negatives,
@@ -390,6 +388,7 @@ def test_bad_parameters(kwargs, match):
 
 # -- devices ---------------------------------------------------------------------------------------
 @gpu
+@pytest.mark.gpu
 def test_cpu_equals_gpu(rng):
     import cupy
 

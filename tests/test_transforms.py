@@ -1,8 +1,7 @@
 """The SSD augmentation: boxes follow the pixels, the crop samplers keep their promises, each step works."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from conftest import HealthCheck, given, settings, st
 
 from minissd.data import EvalTransform, TrainTransform, preprocess
 from minissd.boxes import iou
