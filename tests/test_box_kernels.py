@@ -5,10 +5,8 @@ scores repeat: the tie-breaking rules are exercised) or continuous.
 """
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from conftest import gpu
+from conftest import HealthCheck, example, given, gpu, settings, st
 from minissd._ext import load_extension
 from minissd.boxes import (batched_detect, batched_detect_ref, build_prior_index, encode, iou, iou_ref, match,
                            match_batch, match_ref, nms, nms_ref, xyxy_to_cxcywh)
@@ -221,14 +219,29 @@ def test_match_grouped_and_flat_layouts_agree(rng):
     assert (out[True][0] > 0).sum() >= 30
 
 
+def detect_inputs(seed, n, p, m, grid):
+    """(n, p, 4) boxes and (n, p, m) probabilities; on the grid the probabilities are quarters."""
+    rng = np.random.default_rng(seed)
+    boxes = random_boxes(rng, n * p, grid).reshape(n, p, 4)
+    probs = (rng.integers(0, 5, (n, p, m)) / 4) if grid else rng.random((n, p, m))
+    return boxes, probs
+
+
+# Fixed examples at the threshold edges (checked by test_batched_detect_examples_sit_on_the_edges):
+# seed 64 draws a pair of class-1 candidates at IoU exactly 0.45 and probabilities exactly 0.0 at
+# score_threshold 0.0; seed 37 draws IoU-0.45 pairs and probabilities exactly 0.25 at score_threshold 0.25.
+DETECT_EDGES = [dict(seed=64, n=1, p=8, m=2, grid=True, pre=400, top=200, score_thr=0.0, nms_thr=0.45),
+                dict(seed=37, n=2, p=12, m=3, grid=True, pre=400, top=200, score_thr=0.25, nms_thr=0.45)]
+
+
 @SETTINGS
 @given(seed=seeds, n=st.integers(1, 3), p=st.integers(1, 80), m=st.integers(1, 5), grid=st.booleans(),
        pre=st.sampled_from([1, 5, 400]), top=st.sampled_from([1, 7, 200]),
        score_thr=st.sampled_from([0.0, 0.01, 0.3]), nms_thr=st.sampled_from([0.0, 0.45, 1.0]))
+@example(**DETECT_EDGES[0])
+@example(**DETECT_EDGES[1])
 def test_batched_detect_kernel_equals_twin(seed, n, p, m, grid, pre, top, score_thr, nms_thr):
-    rng = np.random.default_rng(seed)
-    boxes = random_boxes(rng, n * p, grid).reshape(n, p, 4)
-    probs = (rng.integers(0, 5, (n, p, m)) / 4) if grid else rng.random((n, p, m))
+    boxes, probs = detect_inputs(seed, n, p, m, grid)
     kw = dict(score_threshold=score_thr, nms_threshold=nms_thr, pre_nms_top_k=pre, top_k=top)
     got, want = batched_detect(boxes, probs, **kw), batched_detect_ref(boxes, probs, **kw)
     assert len(got) == len(want) == n
@@ -236,6 +249,29 @@ def test_batched_detect_kernel_equals_twin(seed, n, p, m, grid, pre, top, score_
         np.testing.assert_array_equal(d.labels, r.labels)
         np.testing.assert_array_equal(d.scores, r.scores)
         np.testing.assert_array_equal(d.boxes, r.boxes)
+
+
+@pytest.mark.parametrize("edge", DETECT_EDGES, ids=["score_thr=0.0", "score_thr=0.25"])
+def test_batched_detect_examples_sit_on_the_edges(edge):
+    # The fixed examples above keep testing the edges only while their draws really sit on them: a
+    # candidate pair at IoU == nms_thr and a probability == score_thr, each changing the output when
+    # the threshold moves by one ulp (a box at IoU == threshold is kept, a score == threshold is not).
+    boxes, probs = detect_inputs(edge["seed"], edge["n"], edge["p"], edge["m"], edge["grid"])
+    s_thr, n_thr = edge["score_thr"], edge["nms_thr"]
+    pairs = 0
+    for i in range(edge["n"]):
+        for c in range(1, edge["m"]):
+            cand = np.flatnonzero(probs[i, :, c] > s_thr)
+            pairs += int(np.triu(iou(boxes[i, cand], boxes[i, cand]) == n_thr, 1).sum())
+    assert pairs > 0
+    assert np.any(probs[..., 1:] == s_thr)
+
+    def count(score_threshold, nms_threshold):
+        dets = batched_detect(boxes, probs, score_threshold=score_threshold, nms_threshold=nms_threshold,
+                              pre_nms_top_k=edge["pre"], top_k=edge["top"])
+        return sum(len(d.scores) for d in dets)
+    assert count(s_thr, n_thr) > count(s_thr, np.nextafter(n_thr, 0))
+    assert count(s_thr, n_thr) < count(np.nextafter(s_thr, -1), n_thr)
 
 
 # --- bad input never reaches a kernel -----------------------------------------------------------------
