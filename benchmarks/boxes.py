@@ -1,6 +1,6 @@
 """Box kernels: Cython vs the NumPy twin, timed side by side in one run (and the GPU NMS where a GPU is).
 
-    python benchmarks/boxes.py [--repeat 5] [--seed 0]
+    python benchmarks/boxes.py [--repeat 5] [--seed 0] [--quick] [--device auto|cpu|cuda]
 
 Cases (the issue's): IoU of the 8732 SSD300 priors with 50 boxes; matching a batch of 32 images with 1-50
 objects each against the SSD300 priors (both strategies); SSD300 post-processing of 8 images (8732 boxes
@@ -10,6 +10,11 @@ of best-of-`repeat` CPU times of the one thread that runs everything: the time p
 the twin's time, and the speedup twin / Cython.
 
 The machine this runs on may be shared: compare the speedups, and read absolute times as upper bounds.
+
+Devices: ``--device auto`` (default) adds the GPU NMS table (CuPy bitmask kernel vs Cython, wall time)
+where CuPy sees a GPU; ``--device cuda`` requires one (exit 2 with a one-line message otherwise);
+``--device cpu`` prints the CPU table only. ``--quick`` (scripts/gpu_check.sh) times 2 calls per case
+instead of 5 and the NumPy twins once.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from minissd.backend import gpu_available, synchronize  # noqa: E402
+from minissd.backend import gpu_unavailable_reason, synchronize  # noqa: E402
 from minissd.boxes import (batched_detect, batched_detect_ref, build_prior_index, cxcywh_to_xyxy, decode,  # noqa: E402
                            iou, iou_ref, match_batch, match_ref, nms, nms_ref)
 from minissd.priors import make_priors  # noqa: E402
@@ -91,11 +96,23 @@ def realistic_outputs(rng, priors, n_images, n_classes, objects=(1, 6), backgrou
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=None, help="timed calls per case (default 5, 2 with --quick)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="fewer timed calls (2), the NumPy twins once")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: the GPU NMS table where a GPU is; cuda: require one; cpu: CPU table only")
     args = parser.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 2 if args.quick else 5
+    if args.repeat < 1:
+        parser.error(f"--repeat must be >= 1, got {args.repeat}")
+    gpu_reason = gpu_unavailable_reason() if args.device != "cpu" else "--device cpu"
+    if args.device == "cuda" and gpu_reason is not None:
+        print(f"benchmarks/boxes.py: --device cuda needs CuPy and a CUDA GPU: {gpu_reason}", file=sys.stderr)
+        return 2
     rng = np.random.default_rng(args.seed)
     r = args.repeat
+    r_twin = 1 if args.quick else max(1, r // 2)
     rows = []
 
     def add(case, per, n_units, t_fast, t_ref, target=""):
@@ -114,7 +131,7 @@ def main(argv=None) -> int:
     for strategy in ("bipartite", "best_prior"):
         t_fast = best_time(lambda: match_batch(priors300, gts, labs, 0.5, strategy, index=index300), r)
         t_ref = best_time(lambda: [match_ref(priors300, g, lab, 0.5, strategy) for g, lab in zip(gts, labs)],
-                          max(1, r // 2))
+                          r_twin)
         add(f"match batch of 32, 1-50 objects, SSD300 priors ({strategy})", "/batch", 1, t_fast, t_ref,
             "<= 30 ms/batch")
 
@@ -154,7 +171,7 @@ def main(argv=None) -> int:
     for row in rows:
         print("| " + " | ".join(row) + " |")
 
-    if gpu_available():
+    if gpu_reason is None:
         import cupy as cp
         print("\n| GPU NMS (CuPy bitmask kernel) | GPU | CPU Cython | CPU / GPU |")
         print("|---|---|---|---|")
@@ -166,8 +183,8 @@ def main(argv=None) -> int:
             t_gpu = best_wall(lambda: nms(bd, sd, 0.45), r)
             t_cpu = best_wall(lambda: nms(b, s, 0.45), r)
             print(f"| {k} boxes | {t_gpu * 1e3:.3f} ms | {t_cpu * 1e3:.3f} ms | {t_cpu / t_gpu:.1f}x |")
-    else:
-        print("\n(GPU NMS: no CuPy/GPU here; run on a GPU machine)")
+    elif args.device == "auto":
+        print(f"\n(GPU NMS: not run: {gpu_reason}; run on a GPU machine)")
     return 0
 
 

@@ -1,8 +1,12 @@
 """GPU speed of minissd (CuPy) against torchvision's ssd300_vgg16 (cuDNN), side by side (issue 8).
 
-    python benchmarks/gpu.py [--quick]                 # the GPU machine: TF32 off, then TF32 on
-    python benchmarks/gpu.py --tf32 off|on|both        # one table or both (default both)
+    python benchmarks/gpu.py [--quick]                 # the GPU machine: the TF32-off table
+    python benchmarks/gpu.py --tf32 off|on|both        # one table (default off), or off then on
     python benchmarks/gpu.py --device cpu --quick      # smoke test of the same minissd code on NumPy
+
+scripts/gpu_check.sh runs ``--quick --tf32 off`` and then, when its time budget allows, ``--quick --tf32
+on --no-breakdown``, each in its own process under its own `timeout`. A fresh machine also compiles every
+CuPy kernel in the first (warm-up) calls of the first case: leave a minute or two for that.
 
 Rows (SSD300, random weights, 21 classes, fp32):
   train step, batch 32: minissd ``model.targets -> model.forward -> MultiBoxLoss forward/backward ->
@@ -32,13 +36,17 @@ returns). The median over repeats is reported.
 Precision: fp32 with TF32 off on both sides for the main table: ``torch.backends.cuda.matmul.allow_tf32
 = False``, ``torch.backends.cudnn.allow_tf32 = False``, and for CuPy the environment variable
 ``CUPY_TF32=0`` (its default; CuPy reads it when it loads, so this script sets it before importing
-CuPy). The TF32-on table runs in a child process with ``CUPY_TF32=1`` and both torch flags True.
+CuPy). The TF32-on table (``--tf32 on``, or the second half of ``--tf32 both``, which starts a child
+process) runs with ``CUPY_TF32=1`` and both torch flags True.
 
 Peak memory: torchvision ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``;
 minissd the bytes held by CuPy's default memory pool (``total_bytes``) after ``free_all_blocks`` before
 the case - the pool keeps every block it has allocated until freed, so what it holds after the case is
 its high-water mark (an upper bound on live arrays: pool rounding and fragmentation count). Both include
-the parameters, gradients and momentum buffers that exist.
+the parameters, gradients and momentum buffers that exist. Between cases each side releases what the
+last case left: minissd ``model.clear_cache()`` (the forward caches, every layer's kept buffers and the
+shared workspace) and the loss's saved tensors, then the pool's free blocks; torchvision the gradients,
+then ``torch.cuda.empty_cache()``.
 
 Breakdown: one more, separate, profiled minissd train step (and one inference call) in which every
 layer's forward/backward, the loss, matching, the SGD step and the copies are wrapped in synchronising
@@ -51,6 +59,7 @@ Exit status: 0 done, 1 a case failed (its traceback is on stderr, the other case
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import subprocess
@@ -67,10 +76,10 @@ def parse_args(argv=None):
                    help="cuda: the benchmark; cpu: a smoke test of the same minissd code on NumPy "
                         "(batch 1, one repeat, no torchvision) (default cuda)")
     p.add_argument("--quick", action="store_true",
-                   help="fewer repeats (whole run about 3 minutes on an H100)")
-    p.add_argument("--tf32", choices=("off", "on", "both"), default="both",
+                   help="fewer calls per case (3 timed after 2 warm-up), as scripts/gpu_check.sh runs it")
+    p.add_argument("--tf32", choices=("off", "on", "both"), default="off",
                    help="off: TF32 disabled on both sides; on: enabled on both; both: the off table, then "
-                        "the on table from a child process (default both)")
+                        "the on table from a child process (default off)")
     p.add_argument("--repeat", type=int, default=None, help="timed calls per case (default 10, 3 with --quick)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 3, 2 with --quick)")
     p.add_argument("--model", default="ssd300", help="minissd config (default ssd300)")
@@ -157,8 +166,10 @@ class Memory:
         self.kind, self.m = kind, module
 
     def start(self):
+        gc.collect()    # arrays of the last case that only a reference cycle still holds
         if self.kind == "cupy":
             self.m.get_default_memory_pool().free_all_blocks()
+            self.m.get_default_pinned_memory_pool().free_all_blocks()
         elif self.kind == "torch":
             self.m.cuda.empty_cache()
             self.m.cuda.reset_peak_memory_stats()
@@ -248,8 +259,15 @@ class Minissd:
         return infer
 
     def release(self):
-        self.model.clear_cache()
+        """Drop what the last case left on the device: caches, kept buffers, the loss's saved tensors."""
+        self.model.clear_cache()     # the SSD's cache, every layer's kept buffers, the shared workspace
         self.model.zero_grad()
+        for name in ("_cache", "pos_mask", "neg_mask", "num_neg"):    # MultiBoxLoss's saved state
+            if getattr(self.loss_fn, name, None) is not None:
+                setattr(self.loss_fn, name, None)
+        gc.collect()
+        if self.device == "cuda":
+            self.xp.get_default_memory_pool().free_all_blocks()
 
 
 # ----------------------------------------------------------------------------------------------
