@@ -11,7 +11,7 @@ import os
 import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "minissd")
-COMMANDS = ("minissd.train", "minissd.evaluate", "minissd.detect", "minissd.convert")
+COMMANDS = ("minissd.train", "minissd.evaluate", "minissd.detect", "minissd.convert", "minissd.explain")
 
 
 def module_sources(root=ROOT, package="minissd") -> dict:
