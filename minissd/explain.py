@@ -44,7 +44,7 @@ from .loss import MultiBoxLoss
 from .model import build_model, softmax
 from .optim import SGD
 
-__all__ = ["SourceMap", "Trace", "trace", "draw", "format_trace", "source_slices", "main"]
+__all__ = ["SourceMap", "Trace", "draw", "format_trace", "main", "source_slices", "trace"]
 
 
 @dataclass
@@ -307,7 +307,7 @@ def trace(model, image, boxes_px=None, labels=None, *, class_names=None, thresho
     work.zero_grad()
     t.loss = loss_fn.forward(loc_d, conf_d, loc_t_all, labels_t)
     t.negatives = np.flatnonzero(to_cpu(loss_fn.neg_mask)[0])
-    t.num_negatives = int(len(t.negatives))
+    t.num_negatives = len(t.negatives)
     d_loc, d_conf = loss_fn.backward()
     work.backward(d_loc, d_conf)
     t.grad_norms = _grad_norms(work)
@@ -329,8 +329,8 @@ def format_trace(t: Trace) -> str:
     """A few lines that summarise a trace (what the command prints)."""
     h, w = t.image_size
     s = t.x.shape[1]
-    lines = [f"image {w}x{h} -> input (3, {s}, {s}); {len(t.priors_cxcywh)} default boxes on "
-             f"{len(t.maps)} maps"]
+    lines = [(f"image {w}x{h} -> input (3, {s}, {s}); {len(t.priors_cxcywh)} default boxes on "
+              f"{len(t.maps)} maps")]
     for m in t.maps:
         pos = "" if t.positives is None else f", {len(m.positives)} positives"
         lines.append(f"  {m.name:9s} {m.size:3d}x{m.size:<3d} x {m.boxes_per_cell} = {m.num_boxes:5d} boxes, "
