@@ -134,9 +134,12 @@ class SSD(Module):
                              f"!= the prior config's {per_loc}")
         priors = make_priors(pc)
         if config.get("clamp_priors_cxcywh", False):
-            # torchvision's DefaultBoxGenerator clamps cx, cy, w, h each to [0, 1]; converted models
-            # (minissd/convert.py) set this flag to keep torchvision's exact default boxes.
+            # Files converted before issue 13 carry this flag: cx, cy, w, h each clamped to [0, 1].
             priors = np.clip(priors, 0.0, 1.0)
+        if config.get("clamp_priors_wh", False):
+            # torchvision's DefaultBoxGenerator (clip=True) clamps each (w, h) to [0, 1] and leaves the
+            # centres, some past 1; converted models (minissd/convert.py) set this to keep its boxes.
+            priors[:, 2:] = np.clip(priors[:, 2:], 0.0, 1.0)
         return priors
 
     @property
@@ -312,6 +315,10 @@ class SSD(Module):
         """
         xp = get_array_module(loc, conf)
         boxes_xyxy = decode(loc, self._priors_like(xp), self.variances)   # (N, P, 4)
+        if self.config.get("clip_boxes_before_nms", False):
+            # torchvision clips decoded boxes to the image before NMS (Caffe and minissd after it);
+            # converted torchvision models set this so their detections are torchvision's.
+            boxes_xyxy = xp.clip(boxes_xyxy, 0.0, 1.0)
         return batched_detect(boxes_xyxy, softmax(conf), **options)
 
 
