@@ -366,13 +366,14 @@ def _draw_gt(ax, t: Trace, text: bool = False):
 
 
 def draw(t: Trace, path, *, max_candidates: int = 150, show_threshold: float = 0.3, max_detections: int = 15,
-         title: str | None = None) -> str:
+         title: str | None = None, dpi: int = 100) -> str:
     """Draw a `Trace` as one PNG and return its path.
 
     Row 1: the image with its ground truth; the candidates before NMS (the ``max_candidates``
     best); the detections after NMS scoring at least ``show_threshold``, at most ``max_detections``
-    (or, when none scores that high, the five best, dashed). Row 2: per source map, the default boxes matched to a ground truth. Row 3: per
-    source map, the highest object probability of each cell, over the image.
+    (or, when none scores that high, the five best, dashed). Row 2: per source map, the default
+    boxes matched to a ground truth. Row 3: per source map, the highest object probability of each
+    cell, over the image. ``dpi``: resolution (a panel is 2.7 inches wide).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -444,7 +445,7 @@ def draw(t: Trace, path, *, max_candidates: int = 150, show_threshold: float = 0
     folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     return path
 
 
