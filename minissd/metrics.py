@@ -34,7 +34,7 @@ import numpy as np
 
 from .boxes import iou as box_iou
 
-__all__ = ["voc_ap", "evaluate_detections", "match_detections", "coco_evaluate",
+__all__ = ["AP_THRESHOLDS", "AP_CONVENTIONS", "voc_ap", "evaluate_detections", "match_detections", "coco_evaluate",
            "write_coco_results", "coco_results", "COCO_STAT_NAMES"]
 
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -43,7 +43,32 @@ COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR
 # ----------------------------------------------------------------------------------------------
 # Average precision of one ranked list
 # ----------------------------------------------------------------------------------------------
-def voc_ap(recall, precision, use_07_metric: bool = True) -> float:
+# The recall thresholds of VOC2007's 11-point AP, as each evaluator in use computes them. They differ
+# only where a recall lands exactly on a threshold (docs/09-evaluation.md, "Three sets of thresholds").
+AP_THRESHOLDS = {
+    # k / 10 as the nearest double: a recall of exactly k / 10 (= tp / n) always reaches threshold k.
+    "exact": tuple(k / 10 for k in range(11)),
+    # np.arange(0, 1.1, 0.1) = 0.1 * k: 0.30000000000000004, 0.6000000000000001, 0.7000000000000001
+    # (py-faster-rcnn's voc_eval.py and the Python evaluators derived from it).
+    "python": tuple(float(t) for t in np.arange(0.0, 1.1, 0.1)),
+    # MATLAB's 0:0.1:1 (VOCdevkit VOCevaldet.m): per MathWorks' description of the colon operator, the
+    # first half is a + k*d, the second half b - (n-k)*d and, for even n, the middle (a + b) / 2:
+    # 0.30000000000000004 at k = 3, but 1 - 0.4 = 0.6 and 1 - 0.30000000000000004 = 0.7 exactly.
+    "matlab": tuple([0.1 * k for k in range(5)] + [0.5] + [1.0 - 0.1 * (10 - k) for k in range(6, 11)]),
+    # Caffe's ComputeAP (the authors' DetectionEvaluate): thresholds j / 10. in double, but recall held as
+    # float32 tp / n, so 0.3f > 0.3 reaches while 0.7f and 0.9f < 0.7, 0.9 miss (precision and sum in float32).
+    "caffe": tuple(k / 10 for k in range(11)),
+}
+AP_CONVENTIONS = tuple(AP_THRESHOLDS)
+
+
+def _check_thresholds(thresholds) -> str:
+    if thresholds not in AP_THRESHOLDS:
+        raise ValueError(f"thresholds must be one of {AP_CONVENTIONS}, got {thresholds!r}")
+    return thresholds
+
+
+def voc_ap(recall, precision, use_07_metric: bool = True, thresholds: str = "exact") -> float:
     """Average precision from the precision/recall after each rank.
 
     Parameters
@@ -54,16 +79,19 @@ def voc_ap(recall, precision, use_07_metric: bool = True) -> float:
         True: VOC2007's 11-point AP, ``(1/11) sum_{t in 0, 0.1, ..., 1} max_{r >= t} p(r)`` (0 where no
         rank reaches recall t). False: the area under the precision envelope (VOC2010 and later),
         ``sum_k (r_k - r_{k-1}) max_{j >= k} p_j``.
+    thresholds : {"exact", "python", "matlab", "caffe"}
+        How the 11 recall thresholds are computed (`AP_THRESHOLDS`; only for the 11-point AP):
+        "exact" (default) ``k / 10``; "python" ``np.arange(0, 1.1, 0.1)`` (py-faster-rcnn's voc_eval.py);
+        "matlab" the devkit's ``0:0.1:1`` as MATLAB's colon operator computes it; "caffe" the authors'
+        Caffe ComputeAP (recall and precision in float32). They differ only where a recall equals a
+        threshold exactly: recall 3/10 reaches t = 0.3 under "exact" and "caffe" and misses it under
+        "python" and "matlab"; recall 7/10 misses t = 0.7 under "python" and "caffe".
 
     Returns
     -------
     float in [0, 1]; 0 for empty input (a class with no detections).
-
-    Notes
-    -----
-    The thresholds are ``t = k / 10`` exactly, so a recall of exactly 3/10 counts at t = 0.3 (a float
-    ``arange(0, 1.1, 0.1)`` gives 0.30000000000000004 and would miss it).
     """
+    _check_thresholds(thresholds)
     recall = np.asarray(recall, dtype=np.float64)
     precision = np.asarray(precision, dtype=np.float64)
     if recall.ndim != 1 or precision.ndim != 1 or recall.shape != precision.shape:
@@ -73,9 +101,18 @@ def voc_ap(recall, precision, use_07_metric: bool = True) -> float:
         if not np.all(np.isfinite(a)) or (a.size and (a.min() < 0 or a.max() > 1)):
             raise ValueError(f"voc_ap: {name} must hold finite values in [0, 1]")
     if use_07_metric:
+        if thresholds == "caffe":
+            # bbox_util.cpp ComputeAP: vector<float> rec, prec; `rec[i] < j / 10.` in double; float ap.
+            rec32 = recall.astype(np.float32).astype(np.float64)
+            prec32 = precision.astype(np.float32)
+            ap = np.float32(0.0)
+            for k in range(10, -1, -1):
+                reached = prec32[rec32 >= k / 10]
+                ap += (reached.max() if reached.size else np.float32(0.0)) / np.float32(11)
+            return float(ap)
         best = []
-        for k in range(11):
-            reached = precision[recall >= k / 10]
+        for t in AP_THRESHOLDS[thresholds]:
+            reached = precision[recall >= t]
             best.append(float(reached.max()) if reached.size else 0.0)
         return float(np.sum(best) / 11)
     # Sentinels: recall runs from 0 to 1, precision drops to 0 after the last rank.
@@ -234,7 +271,7 @@ def _prepare(detections, ground_truths, num_classes):
 
 def evaluate_detections(detections, ground_truths, num_classes: int, iou_threshold: float = 0.5,
                         use_07_metric: bool = True, inclusive_pixels: bool = False, *,
-                        devkit_matching: bool = True) -> dict:
+                        devkit_matching: bool = True, thresholds: str = "exact") -> dict:
     """PASCAL VOC AP per class and mAP.
 
     Paper: section 3 (VOC2007 test, 11-point mAP at IoU 0.5).
@@ -254,6 +291,9 @@ def evaluate_detections(detections, ground_truths, num_classes: int, iou_thresho
         (the last pixel included). Boxes already in continuous coordinates (pixel (r, c) covering
         [c, c+1) x [r, r+1), as minissd's datasets give them) use False and get the same overlaps.
     devkit_matching : see `match_detections`; True reproduces the devkit.
+    thresholds : the 11-point AP's recall thresholds (`voc_ap`): "exact" (default), "python", "matlab" or
+        "caffe". The one chosen goes under ``ap_07``/``map_07``; all four are always returned under
+        ``ap_07_by_thresholds``/``map_07_by_thresholds``.
 
     Returns
     -------
@@ -262,15 +302,18 @@ def evaluate_detections(detections, ground_truths, num_classes: int, iou_thresho
         ``ap_07``, ``map_07``, ``ap_area``, ``map_area`` (both kinds);
         ``num_gt`` {label: non-difficult objects}, ``num_det`` {label: detections};
         ``precision``, ``recall``, ``scores``, ``tp``, ``fp`` {label: (K,) arrays in rank order} for
-        PR curves; ``iou_threshold``, ``use_07_metric``.
+        PR curves; ``iou_threshold``, ``use_07_metric``, ``thresholds``;
+        ``ap_07_by_thresholds`` {convention: {label: AP}}, ``map_07_by_thresholds`` {convention: mAP}.
         A class without ground truth has AP NaN and is left out of the means (NaN if no class has any).
     """
+    _check_thresholds(thresholds)
     dets, gts = _prepare(detections, ground_truths, num_classes)
     iou_threshold = float(iou_threshold)
     if not 0.0 < iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
 
     out = {k: {} for k in ("ap_07", "ap_area", "num_gt", "num_det", "precision", "recall", "scores", "tp", "fp")}
+    by_thresholds = {name: {} for name in AP_CONVENTIONS}
     for c in range(1, num_classes + 1):
         scores_c, tp_c, fp_c = [], [], []
         num_gt = 0
@@ -303,11 +346,15 @@ def evaluate_detections(detections, ground_truths, num_classes: int, iou_thresho
         if num_gt > 0:
             recall = ctp / num_gt
             precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
-            ap07, aparea = voc_ap(recall, precision, True), voc_ap(recall, precision, False)
+            for name in AP_CONVENTIONS:
+                by_thresholds[name][c] = voc_ap(recall, precision, True, name)
+            ap07, aparea = by_thresholds[thresholds][c], voc_ap(recall, precision, False)
         else:
             recall = np.full(len(scores), np.nan)
             precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
             ap07 = aparea = float("nan")
+            for name in AP_CONVENTIONS:
+                by_thresholds[name][c] = float("nan")
         for key, val in (("ap_07", ap07), ("ap_area", aparea), ("num_gt", num_gt), ("num_det", len(scores)),
                          ("precision", precision), ("recall", recall), ("scores", scores), ("tp", tp),
                          ("fp", fp)):
@@ -319,6 +366,9 @@ def evaluate_detections(detections, ground_truths, num_classes: int, iou_thresho
 
     out["map_07"] = mean(out["ap_07"])
     out["map_area"] = mean(out["ap_area"])
+    out["ap_07_by_thresholds"] = by_thresholds
+    out["map_07_by_thresholds"] = {name: mean(aps) for name, aps in by_thresholds.items()}
+    out["thresholds"] = thresholds
     out["ap"] = dict(out["ap_07"] if use_07_metric else out["ap_area"])
     out["map"] = out["map_07"] if use_07_metric else out["map_area"]
     out["iou_threshold"] = iou_threshold
