@@ -127,3 +127,117 @@ def test_missing_and_unreadable_images(tmp_path):
         ds.get(1)
     with pytest.raises(ValueError, match="images"):
         COCODataset(ann, str(tmp_path / "no_such_dir"))
+
+
+# ------------------------------------------------------------------------------------------------
+# The official COCO evaluation on the file's own ground truth (issue 13)
+# ------------------------------------------------------------------------------------------------
+def _sized_coco(tmp_path, rng):
+    """A COCO file with objects of every size, non-contiguous image and category ids, a crowd region,
+    and ``area`` = 0.55 of the box (a mask's area, as in COCO), so boxes just over 32 x 32 or 96 x 96
+    are "small" or "medium" objects for COCO but not by their boxes' area."""
+    images = [{"id": iid, "file_name": f"{iid}.jpg", "width": 640, "height": 480} for iid in (42, 7, 1000, 3)]
+    anns, k = [], 0
+    sides = [12, 20, 34, 40, 60, 100, 110, 150, 250]
+    for img in images:
+        for _ in range(6):
+            side = float(rng.choice(sides)) * rng.uniform(0.9, 1.1)
+            w, h = side * rng.uniform(0.8, 1.25), side
+            x, y = rng.uniform(0, 640 - w), rng.uniform(0, 480 - h)
+            k += 1
+            anns.append({"id": k, "image_id": img["id"], "category_id": int(rng.choice([1, 5, 9])),
+                         "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+                         "area": round(0.55 * w * h, 2), "iscrowd": 0})
+    anns[3]["iscrowd"] = 1
+    path = tmp_path / "instances_sized.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": CATEGORIES}))
+    return str(path), images, anns
+
+
+def _detections_for(ds, anns, rng):
+    """Per sample: jittered copies of its objects (some with the wrong class), plus false alarms."""
+    cat_to_label = {c: i for i, c in enumerate(ds.label_to_category) if c is not None}
+    detections = []
+    for image_id in ds.image_ids:
+        boxes, labels, scores = [], [], []
+        for a in (a for a in anns if a["image_id"] == image_id):
+            x, y, w, h = a["bbox"]
+            if rng.random() < 0.8:
+                jitter = rng.normal(0, 0.08, 4) * [w, h, w, h]
+                boxes.append([x + jitter[0], y + jitter[1], x + w + jitter[2], y + h + jitter[3]])
+                label = cat_to_label[a["category_id"]] if rng.random() < 0.85 else int(rng.integers(1, 4))
+                labels.append(label)
+                scores.append(rng.uniform(0.3, 1.0))
+        for _ in range(3):
+            x, y = rng.uniform(0, 500), rng.uniform(0, 380)
+            boxes.append([x, y, x + rng.uniform(10, 140), y + rng.uniform(10, 100)])
+            labels.append(int(rng.integers(1, 4)))
+            scores.append(rng.uniform(0.0, 0.6))
+        detections.append((np.array(boxes), np.array(labels), np.array(scores)))
+    return detections
+
+
+def test_coco_evaluate_file_gives_what_pycocotools_prints(tmp_path):
+    pytest.importorskip("pycocotools")
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from minissd.metrics import COCO_STAT_NAMES, coco_evaluate, coco_evaluate_file
+
+    rng = np.random.default_rng(13)
+    ann_path, images, anns = _sized_coco(tmp_path, rng)
+    ds = COCODataset(ann_path, str(tmp_path), check_images=False)
+    assert ds.image_ids == [42, 7, 1000, 3] and ds.label_to_category == [None, 1, 5, 9]
+    detections = _detections_for(ds, anns, rng)
+
+    got = coco_evaluate_file(ds.annotations, detections, ds.image_ids, ds.label_to_category,
+                             results_path=tmp_path / "results.json")
+
+    # pycocotools on its own, given the same file and the same detections (the results json written above).
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        gt = COCO(ann_path)
+        ev = COCOeval(gt, gt.loadRes(str(tmp_path / "results.json")), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    official = dict(zip(COCO_STAT_NAMES, ev.stats))
+    assert got.keys() == official.keys()
+    for name in COCO_STAT_NAMES:
+        assert got[name] == pytest.approx(official[name], abs=1e-12), name
+    # ... and what it prints: "Average Precision (AP) @[ IoU=0.50:0.95 | area= small | ...] = 0.xyz"
+    lines = [line for line in printed.getvalue().splitlines() if line.startswith(" Average")]
+    assert len(lines) == 12
+    for name, line in zip(COCO_STAT_NAMES, lines):
+        assert float(line.rsplit("=", 1)[1]) == pytest.approx(got[name], abs=5e-4), (name, line)
+    assert min(official[n] for n in ("APs", "APm", "APl", "ARs", "ARm")) > 0   # every size is populated
+
+    # The boxes-rebuilt evaluation sizes objects by w * h: the by-size numbers move, the others do not.
+    targets = [ds.records[i]["targets"] for i in range(len(ds))]   # (boxes, labels, crowd) without the images
+    rebuilt = coco_evaluate(detections, targets, class_names=ds.class_names)
+    for name in ("AP", "AP50", "AP75", "AR1", "AR10", "AR100"):
+        assert rebuilt[name] == pytest.approx(official[name], abs=1e-9), name
+    assert any(abs(rebuilt[n] - official[n]) > 1e-3 for n in ("APs", "APm", "APl", "ARs", "ARm", "ARl"))
+
+
+def test_coco_evaluate_file_refuses_ids_the_file_does_not_have(tmp_path):
+    pytest.importorskip("pycocotools")
+    from minissd.metrics import coco_evaluate_file
+
+    rng = np.random.default_rng(5)
+    ann_path, _, anns = _sized_coco(tmp_path, rng)
+    ds = COCODataset(ann_path, str(tmp_path), check_images=False)
+    detections = _detections_for(ds, anns, rng)
+    with pytest.raises(ValueError, match=r"image_ids: 8 is not an image id of .*instances_sized\.json"):
+        coco_evaluate_file(ann_path, detections, [42, 8, 1000, 3], ds.label_to_category)
+    with pytest.raises(ValueError, match=r"category id 2 .* is not a category"):
+        coco_evaluate_file(ann_path, detections, ds.image_ids, [None, 1, 2, 9])
+    with pytest.raises(ValueError, match="does not exist"):
+        coco_evaluate_file(tmp_path / "none.json", detections, ds.image_ids)
+    empty = [(np.zeros((0, 4)), np.zeros(0, int), np.zeros(0))] * 4
+    assert set(coco_evaluate_file(ann_path, empty, ds.image_ids, ds.label_to_category).values()) == {0.0}
+    # A subset of the images: only those are evaluated.
+    part = coco_evaluate_file(ann_path, detections[:2], ds.image_ids[:2], ds.label_to_category)
+    assert 0 < part["AP50"] <= 1

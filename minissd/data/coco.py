@@ -46,6 +46,13 @@ class COCODataset:
     on_unknown_class : "error" (default) or "drop", for annotations whose category is not in
         ``class_names``. A category_id missing from the file's own categories is always an error.
     check_images : check at construction that every image file exists.
+
+    Attributes
+    ----------
+    class_names : the C class names; ``label_to_category`` : [None, category id of label 1, ...].
+    image_ids : the file's image id of each sample, as the file writes it (``Sample.image_id`` is its
+        string); with ``annotations`` and ``label_to_category`` this is what
+        `minissd.metrics.coco_evaluate_file` needs for the official COCO numbers.
     """
 
     def __init__(self, annotations: str, images: str, class_names=None, keep_crowd: bool = True,
@@ -82,6 +89,7 @@ class COCODataset:
         self.checker = BoxChecker(f"COCODataset({path!r})", on_bad_box)
 
         self.records, by_id = [], {}
+        self.image_ids = []
         for k, img in enumerate(data["images"]):
             try:
                 image_id, file_name = img["id"], str(img["file_name"])
@@ -94,6 +102,7 @@ class COCODataset:
                       "size": (width, height), "objects": []}
             by_id[image_id] = record
             self.records.append(record)
+            self.image_ids.append(image_id)
         if not self.records:
             raise ValueError(f"COCODataset({path!r}) has no images: its 'images' list is empty")
 
