@@ -10,7 +10,7 @@ into ``--out``/detections.json (or ``--json``) as
 ``[{"image": path, "width": W, "height": H, "detections": [{"label", "class", "score",
 "box": [x1, y1, x2, y2]}]}]``.
 
-Walkthrough: docs/11-inference.md
+Walkthrough: docs/09-inference-and-nms.md
 """
 from __future__ import annotations
 

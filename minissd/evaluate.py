@@ -14,7 +14,7 @@ This module is the command only; the inference and the AP computation it runs ar
 (minissd/inference.py: `load_inference_model`, `evaluate_model`), which ``python -m minissd.train``
 uses for its validation and test evaluations too.
 
-Walkthrough: docs/11-inference.md
+Walkthrough: docs/09-inference-and-nms.md
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Box machinery of SSD: formats, encoding (eq. (2)), IoU, matching, NMS and post-processing.
 
-Walkthroughs: docs/03-matching-and-encoding.md, docs/08-nms.md.
+Walkthroughs: docs/03-matching-and-encoding.md, docs/09-inference-and-nms.md.
 """
 from .coder import VARIANCES, decode, encode
 from .formats import Detections, cxcywh_to_xyxy, xyxy_to_cxcywh

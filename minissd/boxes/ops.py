@@ -11,7 +11,7 @@ host kernel, and return `match`'s results on the input's device (`batched_detect
 detections are the edge of the model).
 
 Paper: section 2.2 "Matching strategy" (match), section 3 "Experimental results" (NMS at 0.45, top 200).
-Walkthrough: docs/03-matching-and-encoding.md, docs/08-nms.md.
+Walkthrough: docs/03-matching-and-encoding.md, docs/09-inference-and-nms.md.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@
     "voc:PATH[:SPLIT]"              Pascal VOC layout under PATH (VOCDataset); SPLIT overrides ``split``
     "coco:ANNOTATIONS:IMAGES"       COCO instances json + image directory (COCODataset)
 
-Walkthroughs: docs/06-data-augmentation.md, docs/10-datasets.md
+Walkthroughs: docs/11-augmentation.md, docs/12-datasets-on-disk.md
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ continuous 0-based pixels, so xyxy is (x, y, x + width, y + height) with no +-1.
 are kept as the ``difficult`` flag (evaluation ignores them) unless ``keep_crowd=False``, the setting
 for training (`open_dataset` uses it for the train splits).
 
-Walkthrough: docs/10-datasets.md
+Walkthrough: docs/12-datasets-on-disk.md
 """
 from __future__ import annotations
 

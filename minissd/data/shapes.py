@@ -18,7 +18,7 @@ directly at the model's input size: about 1 ms per 128 px image on one core (ben
 writes the images in Pascal VOC layout (Annotations/, JPEGImages/, ImageSets/Main/, plus classes.txt),
 which `minissd.data.VOCDataset(DIR, split)` reads back.
 
-Walkthrough: docs/10-datasets.md
+Walkthrough: docs/12-datasets-on-disk.md
 """
 from __future__ import annotations
 

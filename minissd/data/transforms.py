@@ -24,7 +24,7 @@ makes the boxes follow the pixels exactly (tests/test_transforms.py checks this 
 
 All randomness comes from the ``rng`` argument, a ``numpy.random.Generator``.
 
-Walkthrough: docs/06-data-augmentation.md
+Walkthrough: docs/11-augmentation.md
 """
 from __future__ import annotations
 
@@ -259,7 +259,7 @@ class TrainTransform:
     ``(chw (3, S, S) float32, boxes (K, 4) float32 normalised xyxy in [0, 1], labels (K,))`` where the
     K kept objects are those whose centre survived the crop, in their input order (labels are only
     selected, never interpreted: any integer array works and comes back filtered the same way).
-    Paper: section 2.2 "Data augmentation". Walkthrough: docs/06-data-augmentation.md
+    Paper: section 2.2 "Data augmentation". Walkthrough: docs/11-augmentation.md
     """
 
     def __init__(self, size: int, mean=VGG_MEAN, std=UNIT_STD, photometric: bool = True, expand: bool = True,

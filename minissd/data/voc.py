@@ -12,7 +12,7 @@ inverse: `minissd.data.shapes` writes xmin = round(x1) + 1, xmax = round(x2).)
 ``difficult`` objects are kept with their flag for evaluation (neither hit nor miss) and left out of
 training splits by default (``keep_difficult=None`` means: drop them for "train" and "trainval").
 
-Walkthrough: docs/10-datasets.md
+Walkthrough: docs/12-datasets-on-disk.md
 """
 from __future__ import annotations
 

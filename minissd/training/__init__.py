@@ -8,7 +8,7 @@
     runlog.py    metrics.jsonl, the progress display, Ctrl-C, the per-class AP table
 
 The command around it is minissd/train.py (``python -m minissd.train``).
-Walkthrough: docs/07-training.md
+Walkthrough: docs/08-training.md
 """
 from .budget import TimeBudget
 from .recipe import (

@@ -1,4 +1,4 @@
-"""Figures for docs/06-data-augmentation.md and docs/10-datasets.md.
+"""Figures for docs/11-augmentation.md and docs/12-datasets-on-disk.md.
 
 augmentation.png: shapes images (left column) and five draws of the SSD training augmentation each
 (photometric distortion, zoom-out, min-IoU crop, flip, resize), with the boxes that survive.

@@ -1,4 +1,4 @@
-"""Figure for docs/11-inference.md: per-class NMS on one shapes image, before and after.
+"""Figure for docs/09-inference-and-nms.md: per-class NMS on one shapes image, before and after.
 
 The candidates come from a stand-in detector, not a trained network (a fresh clone has no trained
 checkpoint): around every object, default-box-like jittered copies of its box with scores that fall

@@ -1,4 +1,4 @@
-"""Figure for docs/07-training.md: loss parts, learning rate and validation mAP of the default run.
+"""Figure for docs/08-training.md: loss parts, learning rate and validation mAP of the default run.
 
 Drawn from the metrics log of the default run (``python -m minissd.train``), committed as
 benchmarks/train_default_metrics.jsonl so the figure can be remade without retraining. Point
