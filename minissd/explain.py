@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import get_array_module, to_cpu, to_device
+from .backend import DeviceError, get_array_module, resolve_device, to_cpu, to_device
 from .boxes import cxcywh_to_xyxy, decode, iou, match
 from .checkpoint import CheckpointError
 from .data import EvalTransform
@@ -149,7 +149,7 @@ def source_slices(model) -> list:
     order), so map k owns ``size_k ** 2 * A_k`` consecutive rows.
     """
     out, start = [], 0
-    for name, size, a in zip(model.source_names, model.source_sizes, model.boxes_per_location):
+    for name, size, a in zip(model.source_names, model.source_sizes, model.boxes_per_location, strict=True):
         stop = start + int(size) * int(size) * int(a)
         out.append((name, start, stop))
         start = stop
@@ -297,7 +297,7 @@ def trace(model, image, boxes_px=None, labels=None, *, class_names=None, thresho
     t.positives = np.flatnonzero(t.target_labels > 0)
     # The ground truth a positive is matched to: the one whose box it carries.
     same = np.all(matched_xyxy[t.positives][:, None, :] == gt64[None, :, :], axis=2)     # (K, G)
-    t.positive_gt = np.argmax(same, axis=1).astype(np.int64)
+    t.positive_gt = (np.argmax(same, axis=1) if len(gt64) else np.zeros(0)).astype(np.int64)
     t.loc_t = to_cpu(loc_t_all)[0][t.positives].astype(np.float64)
     for m in maps:
         m.positives = t.positives[(t.positives >= m.start) & (t.positives < m.stop)]
@@ -342,7 +342,8 @@ def format_trace(t: Trace) -> str:
         lines.append(f"one SGD step (lr {t.lr:g}): loss on this image {t.loss.total:.4f} -> {t.loss_after.total:.4f}")
     lines.append(f"{len(t.candidates['scores'])} candidates above {t.score_threshold:g} -> "
                  f"{len(t.detections['scores'])} detections after NMS {t.nms_threshold:g}")
-    for box, lab, sc in list(zip(t.detections["boxes_px"], t.detections["labels"], t.detections["scores"]))[:5]:
+    d = t.detections
+    for box, lab, sc in list(zip(d["boxes_px"], d["labels"], d["scores"], strict=True))[:5]:
         lines.append(f"  {t.class_name(lab):10s} {sc:.3f}  [{', '.join(f'{v:.1f}' for v in box)}]")
     return "\n".join(lines)
 
@@ -479,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="PNG", help="where to write the picture (default: IMAGE_STEM_explained.png)")
     p.add_argument("--threshold", type=float, default=0.3, metavar="S",
                    help="draw detections scoring at least S (default: 0.3)")
-    p.add_argument("--device", metavar="DEV", help="'cpu' or 'cuda' (default: cpu)")
+    p.add_argument("--device", metavar="DEV", help="'cpu' or 'cuda' (default: $MINISSD_DEVICE, else cpu)")
     return p
 
 
@@ -507,9 +508,7 @@ def parse_box(text: str, class_names) -> tuple:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        device = args.device or "cpu"
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"--device must be 'cpu' or 'cuda', got {device!r}")
+        device = resolve_device(args.device)
         image = read_image(args.image)
         if args.checkpoint:
             if not os.path.exists(args.checkpoint):
@@ -538,7 +537,7 @@ def main(argv=None) -> int:
         draw(t, out, show_threshold=args.threshold, title=title)
         print(f"wrote {out}")
         return 0
-    except (ValueError, CheckpointError, FileNotFoundError, OSError) as err:
+    except (ValueError, CheckpointError, DeviceError, FileNotFoundError, OSError) as err:
         print(f"minissd.explain: error: {err}", file=sys.stderr)
         return 1
 

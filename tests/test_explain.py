@@ -35,7 +35,7 @@ def test_source_slices_cover_the_priors_in_order(model):
     assert all(a[2] == b[1] for a, b in itertools.pairwise(slices))
     # Every map's rows hold its own default boxes: on a map of side f with step S/f the centres are
     # (j + 0.5) / f (the small model's steps are 128 / f).
-    for (name, start, stop), f in zip(slices, model.source_sizes):
+    for (name, start, stop), f in zip(slices, model.source_sizes, strict=True):
         cx = np.unique(np.round(model.priors_cxcywh[start:stop, 0] * f - 0.5, 9))
         assert np.array_equal(cx, np.arange(f)), name
 
@@ -92,8 +92,8 @@ def test_detections_come_from_the_candidates(traced):
     assert len(d["scores"]) <= len(c["scores"])
     assert np.all(c["scores"] > traced.score_threshold)
     # every detection is one of the candidates (same class, same score), in pixels inside the image
-    pairs = set(zip(c["labels"].tolist(), np.round(c["scores"], 12).tolist()))
-    assert all((lab, round(s, 12)) in pairs for lab, s in zip(d["labels"].tolist(), d["scores"].tolist()))
+    pairs = set(zip(c["labels"].tolist(), np.round(c["scores"], 12).tolist(), strict=True))
+    assert all((lab, round(s, 12)) in pairs for lab, s in zip(d["labels"].tolist(), d["scores"].tolist(), strict=True))
     assert np.all(d["boxes_px"] >= 0) and np.all(d["boxes_px"] <= 128)
     assert np.all(np.diff(d["scores"]) <= 0)
 
@@ -103,6 +103,12 @@ def test_trace_without_ground_truth(model, sample):
     assert t.x.shape == (3, 128, 128) and t.positives is None and t.loss is None
     assert len(t.detections["scores"]) > 0 and t.detections["boxes_px"][:, 2].max() <= 90
     assert "loss" not in format_trace(t)
+
+
+def test_trace_with_an_empty_ground_truth(model, sample):
+    t = trace(model, sample.image, np.zeros((0, 4)), np.zeros(0, np.int64))
+    assert len(t.positives) == 0 and t.loss.total == 0 and t.num_negatives == 0
+    assert t.loss_after.total == 0 and all(v == 0 for v in t.grad_norms.values())
 
 
 def test_trace_rejects_bad_input(model, sample):
@@ -165,3 +171,14 @@ def test_command_help_and_exit_code_as_a_process(tmp_path):
     r = subprocess.run([sys.executable, "-m", "minissd.explain", str(tmp_path / "missing.jpg")],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "missing.jpg" in r.stderr
+
+
+def test_command_without_a_gpu_says_so_in_one_line(sample, tmp_path, capsys):
+    from minissd.backend import gpu_available
+
+    if gpu_available():
+        pytest.skip("a GPU is present")
+    img = _write_png(tmp_path / "ok.png", sample.image)
+    assert main([img, "--device", "cuda", "--out", str(tmp_path / "o.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("minissd.explain: error: ") and err.count("\n") == 1, err

@@ -33,7 +33,7 @@ def _rows(name, num_classes):
 def _panel(ax, name, num_classes, note, n_rows):
     cfg, kinds, layers, heads = _rows(name, num_classes)
     size = cfg["image_size"]
-    sources = dict(zip(cfg["sources"], cfg["boxes_per_location"]))
+    sources = dict(zip(cfg["sources"], cfg["boxes_per_location"], strict=True))
     n = len(layers) + 1
     ax.set_xlim(0, 1)
     ax.set_ylim(n_rows + 2.2, -1.6)   # one row height in both panels
