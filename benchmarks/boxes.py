@@ -29,8 +29,19 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from minissd.backend import gpu_unavailable_reason, synchronize  # noqa: E402
-from minissd.boxes import (batched_detect, batched_detect_ref, build_prior_index, cxcywh_to_xyxy, decode,  # noqa: E402
-                           iou, iou_ref, match_batch, match_ref, nms, nms_ref)
+from minissd.boxes import (  # noqa: E402
+    batched_detect,
+    batched_detect_ref,
+    build_prior_index,
+    cxcywh_to_xyxy,
+    decode,
+    iou,
+    iou_ref,
+    match_batch,
+    match_ref,
+    nms,
+    nms_ref,
+)
 from minissd.priors import make_priors  # noqa: E402
 
 
@@ -128,18 +139,20 @@ def main(argv=None) -> int:
     gts = [random_objects(rng, int(rng.integers(1, 51))) for _ in range(32)]
     index300 = build_prior_index(priors300)   # built once, as the model does
     labs = [rng.integers(1, 21, len(g)) for g in gts]
+    # Each loop below binds its loop variables as the lambdas' defaults, so a lambda never sees a later
+    # iteration's values (best_time calls it at once, but a reader should not have to check that).
     for strategy in ("bipartite", "best_prior"):
-        t_fast = best_time(lambda: match_batch(priors300, gts, labs, 0.5, strategy, index=index300), r)
-        t_ref = best_time(lambda: [match_ref(priors300, g, lab, 0.5, strategy) for g, lab in zip(gts, labs)],
-                          r_twin)
+        t_fast = best_time(lambda st=strategy: match_batch(priors300, gts, labs, 0.5, st, index=index300), r)
+        t_ref = best_time(lambda st=strategy: [match_ref(priors300, g, lab, 0.5, st)
+                                               for g, lab in zip(gts, labs, strict=True)], r_twin)
         add(f"match batch of 32, 1-50 objects, SSD300 priors ({strategy})", "/batch", 1, t_fast, t_ref,
             "<= 30 ms/batch")
 
     for background, what in ((6.0, "unsure"), (8.0, "confident")):
         boxes, probs = realistic_outputs(rng, priors300, 8, 20, background=background)
         frac = float((probs[..., 1:] > 0.01).mean())
-        t_fast = best_time(lambda: batched_detect(boxes, probs), r)
-        t_ref = best_time(lambda: batched_detect_ref(boxes, probs), 1)
+        t_fast = best_time(lambda b=boxes, p=probs: batched_detect(b, p), r)
+        t_ref = best_time(lambda b=boxes, p=probs: batched_detect_ref(b, p), 1)
         add(f"SSD300 post-processing, 8 images, 8732 x 21, {what} model ({frac:.1%} of pairs > 0.01)",
             "/image", 8, t_fast, t_ref, "<= 10 ms/image")
     loc = np.zeros_like(boxes)
@@ -160,7 +173,8 @@ def main(argv=None) -> int:
         b = np.sort((centres + jitter).reshape(k, 2, 2), axis=1).reshape(k, 4)
         s = rng.random(k)
         add(f"NMS of {k} boxes at 0.45 ({len(nms(b, s, 0.45))} kept)", "/call", 1,
-            best_time(lambda: nms(b, s, 0.45), r), best_time(lambda: nms_ref(b, s, 0.45), r), ">= 10x")
+            best_time(lambda b=b, s=s: nms(b, s, 0.45), r), best_time(lambda b=b, s=s: nms_ref(b, s, 0.45), r),
+            ">= 10x")
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# benchmarks/boxes.py  ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -180,8 +194,8 @@ def main(argv=None) -> int:
             s = rng.random(k)
             bd, sd = cp.asarray(b), cp.asarray(s)
             assert np.array_equal(cp.asnumpy(nms(bd, sd, 0.45)), nms(b, s, 0.45))
-            t_gpu = best_wall(lambda: nms(bd, sd, 0.45), r)
-            t_cpu = best_wall(lambda: nms(b, s, 0.45), r)
+            t_gpu = best_wall(lambda bd=bd, sd=sd: nms(bd, sd, 0.45), r)
+            t_cpu = best_wall(lambda b=b, s=s: nms(b, s, 0.45), r)
             print(f"| {k} boxes | {t_gpu * 1e3:.3f} ms | {t_cpu * 1e3:.3f} ms | {t_cpu / t_gpu:.1f}x |")
     elif args.device == "auto":
         print(f"\n(GPU NMS: not run: {gpu_reason}; run on a GPU machine)")

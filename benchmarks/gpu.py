@@ -297,7 +297,7 @@ class Torchvision:
         size = x.shape[-1]
         # torchvision wants absolute pixel xyxy boxes and int64 labels, on the device
         targets = [{"boxes": torch.as_tensor(b * size, device="cuda"),
-                    "labels": torch.as_tensor(lab, device="cuda")} for b, lab in zip(gt_boxes, gt_labels)]
+                    "labels": torch.as_tensor(lab, device="cuda")} for b, lab in zip(gt_boxes, gt_labels, strict=True)]
 
         def step():
             model.train()

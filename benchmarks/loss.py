@@ -65,6 +65,27 @@ def median_cpu_time(fn, repeat):
     return float(np.median(times))
 
 
+def one_case(torch, batch, repeat):
+    """(minissd seconds, PyTorch seconds, max relative difference of d_conf) for one batch."""
+    loc, conf, loc_t, labels = batch
+    loss = MultiBoxLoss()
+
+    def ours():
+        loss.forward(loc, conf, loc_t, labels)
+        return loss.backward()
+
+    tensors = [torch.from_numpy(a) for a in (loc, conf, loc_t, labels)]
+
+    def theirs():
+        return torch_loss(torch, *tensors)
+
+    t_ours = median_cpu_time(ours, repeat)
+    t_theirs = median_cpu_time(theirs, repeat)
+    d_conf = ours()[1]
+    ref = theirs()[2].numpy()
+    return t_ours, t_theirs, float(np.max(np.abs(d_conf - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=7, help="timed calls per case (default 7)")
@@ -84,23 +105,7 @@ def main(argv=None) -> int:
     print("| batch (N, P, M) | minissd ms | PyTorch autograd ms | ratio | max rel. diff of d_conf |")
     print("|---|---:|---:|---:|---:|")
     for name, n, p, m in SHAPES:
-        loc, conf, loc_t, labels = make_batch(rng, n, p, m)
-        loss = MultiBoxLoss()
-
-        def ours():
-            loss.forward(loc, conf, loc_t, labels)
-            return loss.backward()
-
-        tensors = [torch.from_numpy(a) for a in (loc, conf, loc_t, labels)]
-
-        def theirs():
-            return torch_loss(torch, *tensors)
-
-        t_ours = median_cpu_time(ours, args.repeat)
-        t_theirs = median_cpu_time(theirs, args.repeat)
-        d_conf = ours()[1]
-        ref = theirs()[2].numpy()
-        diff = float(np.max(np.abs(d_conf - ref)) / max(np.max(np.abs(ref)), 1e-30))
+        t_ours, t_theirs, diff = one_case(torch, make_batch(rng, n, p, m), args.repeat)
         print(f"| {name} ({n}, {p}, {m}) | {1e3 * t_ours:.2f} | {1e3 * t_theirs:.2f} | "
               f"{t_ours / t_theirs:.2f} | {diff:.1e} |")
     return 0

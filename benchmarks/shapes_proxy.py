@@ -60,7 +60,7 @@ def main(argv=None):
                 loc, conf = model(torch.from_numpy(b.images))
                 dets += batched_detect(decode(loc.numpy().astype(np.float64), priors),
                                        torch.softmax(conf, -1).numpy())
-                gts += list(zip(b.boxes, b.labels, b.difficult))
+                gts += list(zip(b.boxes, b.labels, b.difficult, strict=True))
         model.train()
         result = evaluate_detections(dets, gts, 4)
         return result["map"], {train.class_names[k - 1]: round(v, 3) for k, v in result["ap"].items()}

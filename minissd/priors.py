@@ -209,7 +209,7 @@ def num_priors_per_location(config) -> list:
 def num_priors(config) -> int:
     """Total number of default boxes: sum over maps of f_k^2 * boxes per location."""
     config = get_config(config)
-    return int(sum(f * f * n for f, n in zip(config.feature_maps, num_priors_per_location(config))))
+    return int(sum(f * f * n for f, n in zip(config.feature_maps, num_priors_per_location(config), strict=True)))
 
 
 def make_priors(config) -> np.ndarray:

@@ -119,14 +119,14 @@ def directional_check(loss_and_grads: Callable[[], tuple], arrays: list, rng: np
     dirs = [xp.asarray(rng.standard_normal(a.shape)) for a in arrays]
     norm = float(np.sqrt(sum(float(xp.sum(d * d)) for d in dirs)))
     dirs = [d / norm for d in dirs]
-    analytic = float(sum(float(xp.sum(g * d)) for g, d in zip(grads, dirs)))
-    for a, d in zip(arrays, dirs):
+    analytic = float(sum(float(xp.sum(g * d)) for g, d in zip(grads, dirs, strict=True)))
+    for a, d in zip(arrays, dirs, strict=True):
         a += eps * d
     plus, _ = loss_and_grads()
-    for a, d in zip(arrays, dirs):
+    for a, d in zip(arrays, dirs, strict=True):
         a -= 2 * eps * d
     minus, _ = loss_and_grads()
-    for a, d in zip(arrays, dirs):
+    for a, d in zip(arrays, dirs, strict=True):
         a += eps * d
     numeric = (float(plus) - float(minus)) / (2 * eps)
     scale = max(abs(analytic), abs(numeric), 1e-12)

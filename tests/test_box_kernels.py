@@ -8,9 +8,21 @@ import pytest
 
 from conftest import HealthCheck, example, given, gpu, settings, st
 from minissd._ext import load_extension
-from minissd.boxes import (batched_detect, batched_detect_ref, build_prior_index, encode, iou, iou_ref, match,
-                           match_batch, match_ref, nms, nms_ref, xyxy_to_cxcywh)
-from minissd.boxes import ops
+from minissd.boxes import (
+    batched_detect,
+    batched_detect_ref,
+    build_prior_index,
+    encode,
+    iou,
+    iou_ref,
+    match,
+    match_batch,
+    match_ref,
+    nms,
+    nms_ref,
+    ops,
+    xyxy_to_cxcywh,
+)
 from minissd.boxes.gpu import nms_bitmask_ref
 from minissd.priors import make_priors
 
@@ -245,7 +257,7 @@ def test_batched_detect_kernel_equals_twin(seed, n, p, m, grid, pre, top, score_
     kw = dict(score_threshold=score_thr, nms_threshold=nms_thr, pre_nms_top_k=pre, top_k=top)
     got, want = batched_detect(boxes, probs, **kw), batched_detect_ref(boxes, probs, **kw)
     assert len(got) == len(want) == n
-    for d, r in zip(got, want):
+    for d, r in zip(got, want, strict=True):
         np.testing.assert_array_equal(d.labels, r.labels)
         np.testing.assert_array_equal(d.scores, r.scores)
         np.testing.assert_array_equal(d.boxes, r.boxes)
@@ -375,6 +387,7 @@ def test_gpu_nms_equals_cpu_on_thousands_of_boxes(grid):
 @pytest.mark.gpu
 def test_gpu_iou_coder_and_match_equal_cpu():
     import cupy as cp
+
     from minissd.boxes import decode
     rng = np.random.default_rng(8)
     a, b = random_boxes(rng, 3000, False), random_boxes(rng, 500, True)

@@ -4,10 +4,20 @@ import math
 import numpy as np
 import pytest
 
-from minissd.boxes import (Detections, batched_detect, cxcywh_to_xyxy, decode, encode, iou, match,
-                           match_batch, match_ref, nms, xyxy_to_cxcywh)
+from minissd.boxes import (
+    Detections,
+    batched_detect,
+    cxcywh_to_xyxy,
+    decode,
+    encode,
+    iou,
+    match,
+    match_batch,
+    match_ref,
+    nms,
+    xyxy_to_cxcywh,
+)
 from minissd.priors import make_priors
-
 
 # --- formats ------------------------------------------------------------------------------------------
 
@@ -286,7 +296,7 @@ def test_batched_detect_contract(rng):
     probs = _probs(rng, N, P, M)
     dets = batched_detect(boxes, probs, top_k=50)
     assert len(dets) == N
-    for d, b, p in zip(dets, boxes, probs):
+    for d, b, p in zip(dets, boxes, probs, strict=True):
         assert isinstance(d, Detections)
         K = len(d.scores)
         assert 0 < K <= 50 and d.boxes.shape == (K, 4) and d.labels.dtype == np.int64
@@ -294,7 +304,7 @@ def test_batched_detect_contract(rng):
         assert d.labels.min() >= 1 and d.labels.max() <= M - 1          # never background
         assert np.all(d.scores > 0.01)
         # every detection is a (box, class) of the input with its probability
-        for box, lab, s in zip(d.boxes, d.labels, d.scores):
+        for box, lab, s in zip(d.boxes, d.labels, d.scores, strict=True):
             i = np.flatnonzero(np.all(b == box, axis=1))
             assert np.any(p[i, lab] == s)
         # per class, no two kept boxes overlap more than the NMS threshold

@@ -1,8 +1,8 @@
 """Conv2d and im2col/col2im: kernels == NumPy twins, col2im is im2col's adjoint, gradients, PyTorch."""
 import numpy as np
 import pytest
-from conftest import given, requires_torch, settings, st
 
+from conftest import given, requires_torch, settings, st
 from minissd.backend import to_cpu
 from minissd.nn import (
     Conv2d,

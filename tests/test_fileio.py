@@ -5,8 +5,7 @@ import os
 import pytest
 
 from minissd import fileio
-from minissd.fileio import (atomic_write, clean_temp_files, is_temp_file, read_json, write_json_atomic,
-                            write_text_atomic)
+from minissd.fileio import atomic_write, clean_temp_files, is_temp_file, read_json, write_json_atomic, write_text_atomic
 
 
 def test_json_round_trip_and_nothing_else_left(tmp_path):

@@ -1,8 +1,8 @@
 """ReLU, MaxPool2d, L2Norm: kernels == NumPy twins, float64 gradient checks, PyTorch cross-checks."""
 import numpy as np
 import pytest
-from conftest import given, requires_torch, settings, st
 
+from conftest import given, requires_torch, settings, st
 from minissd.backend import to_cpu
 from minissd.nn import (
     Conv2d,
@@ -448,7 +448,7 @@ def test_thread_count_does_not_change_results(rng):
         many = run()
     finally:
         threads_mod.set_num_threads(old)
-    for a, b in zip(one, many):
+    for a, b in zip(one, many, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="n must be an int >= 0"):
         threads_mod.set_num_threads(-1)

@@ -10,7 +10,7 @@ from minissd.data import Batch, DataLoader, EvalTransform, Sample, ShapesDataset
 def _same(a: Batch, b: Batch):
     assert a.ids == b.ids
     np.testing.assert_array_equal(a.images, b.images)
-    for x, y in zip(a.boxes + a.labels + a.difficult, b.boxes + b.labels + b.difficult):
+    for x, y in zip(a.boxes + a.labels + a.difficult, b.boxes + b.labels + b.difficult, strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -54,7 +54,7 @@ def test_batch_contract():
     assert isinstance(b, Batch) and b.images.shape == (4, 3, 48, 48) and b.images.dtype == np.float32
     assert len(b.boxes) == len(b.labels) == len(b.ids) == len(b.sizes) == len(b.difficult) == 4
     assert all(s == (64, 64) for s in b.sizes)
-    for boxes, labels, diff in zip(b.boxes, b.labels, b.difficult):
+    for boxes, labels, diff in zip(b.boxes, b.labels, b.difficult, strict=True):
         assert boxes.dtype == np.float32 and boxes.shape == (len(labels), 4)
         assert labels.dtype == np.int64 and diff.dtype == bool and len(diff) == len(labels)
         assert np.all(boxes >= 0) and np.all(boxes <= 1)
@@ -66,7 +66,7 @@ def test_batch_contract():
 def test_labels_and_difficult_stay_paired_when_the_transform_drops_objects():
     loader = DataLoader(TinyDataset(), 5, DropEveryOther(), num_workers=2)
     for batch in loader:
-        for image_id, labels, diff in zip(batch.ids, batch.labels, batch.difficult):
+        for image_id, labels, diff in zip(batch.ids, batch.labels, batch.difficult, strict=True):
             i = int(image_id[3:])
             expected = np.array([1 + (i + k) % 3 for k in range(i % 4)])[::2]
             np.testing.assert_array_equal(labels, expected)
@@ -79,7 +79,7 @@ def test_same_seed_same_batches_whatever_the_workers(workers, kind):
     reference = list(DataLoader(ds, 4, TrainTransform(32), seed=5, num_workers=0))
     got = list(DataLoader(ds, 4, TrainTransform(32), seed=5, num_workers=workers, worker_type=kind))
     assert len(got) == len(reference) == 3
-    for a, b in zip(got, reference):
+    for a, b in zip(got, reference, strict=True):
         _same(a, b)
     other = list(DataLoader(ds, 4, TrainTransform(32), seed=6, num_workers=0))
     assert other[0].ids != reference[0].ids or not np.array_equal(other[0].images, reference[0].images)

@@ -8,11 +8,18 @@ import math
 
 import numpy as np
 import pytest
-from conftest import given, gpu, requires_torch, settings, st
 
+from conftest import given, gpu, requires_torch, settings, st
 from minissd.backend import to_cpu
-from minissd.loss import (LossParts, MultiBoxLoss, NonFiniteError, log_softmax, mine_hard_negatives,
-                          mine_hard_negatives_ref, negatives_per_image)
+from minissd.loss import (
+    LossParts,
+    MultiBoxLoss,
+    NonFiniteError,
+    log_softmax,
+    mine_hard_negatives,
+    mine_hard_negatives_ref,
+    negatives_per_image,
+)
 from minissd.testing import assert_close, max_rel_error, numeric_grad
 
 
@@ -204,7 +211,7 @@ def test_inputs_are_not_modified(rng):
     loss = MultiBoxLoss()
     loss.forward(*batch)
     loss.backward()
-    for a, c in zip(batch, copies):
+    for a, c in zip(batch, copies, strict=True):
         assert np.array_equal(a, c)
 
 

@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 
 from minissd.boxes import iou as box_iou
-from minissd.metrics import (coco_evaluate, coco_results, evaluate_detections, match_detections, voc_ap,
-                             write_coco_results)
+from minissd.metrics import (
+    coco_evaluate,
+    coco_results,
+    evaluate_detections,
+    match_detections,
+    voc_ap,
+    write_coco_results,
+)
 
 A = [0, 0, 10, 10]
 B = [20, 20, 30, 30]

@@ -6,10 +6,19 @@ import numpy as np
 import pytest
 
 from conftest import gpu
-from minissd.checkpoint import CheckpointError, save_checkpoint
 from minissd.boxes import build_prior_index, match_batch
-from minissd.model import (MODEL_CONFIGS, SSD, build_model, describe, get_config, load_model, save_model,
-                           scale_width, source_sizes)
+from minissd.checkpoint import CheckpointError, save_checkpoint
+from minissd.model import (
+    MODEL_CONFIGS,
+    SSD,
+    build_model,
+    describe,
+    get_config,
+    load_model,
+    save_model,
+    scale_width,
+    source_sizes,
+)
 from minissd.model.configs import IMAGENET_STD, UNIT_STD, VGG_MEAN, input_normalisation
 from minissd.priors import num_priors
 from minissd.testing import directional_check
@@ -107,17 +116,17 @@ def test_head_outputs_land_on_their_priors(rng):
     # set every head to bias-only outputs that encode (a, c) and check the row's contents against
     # the prior's centre and shape.
     model = build_model("small", 3, rng)
-    for head, d in ((model.loc, 4), (model.conf, 3)):
+    for head in (model.loc, model.conf):
         for mod in head.children.values():
             mod.params["W"][...] = 0
             f = mod.params["b"].shape[0]
-            mod.params["b"][...] = np.arange(f)  # channel a * d + c
+            mod.params["b"][...] = np.arange(f)  # channel a * d + c (d = 4 for loc, 3 for conf)
     x = rng.standard_normal((1, 3, 128, 128)).astype(np.float32)
     loc, conf = model.forward(x)
     priors = model.priors_cxcywh
     cfg = model.config
     start = 0
-    for size, a_count, step in zip(source_sizes(cfg), cfg["boxes_per_location"], (8, 16, 32, 64, 128)):
+    for size, a_count, step in zip(source_sizes(cfg), cfg["boxes_per_location"], (8, 16, 32, 64, 128), strict=True):
         block = slice(start, start + size * size * a_count)
         a = np.tile(np.arange(a_count), size * size)
         np.testing.assert_array_equal(loc[0, block], a[:, None] * 4 + np.arange(4))
@@ -335,11 +344,11 @@ def test_targets_and_detect_round_trip(rng):
     conf[np.arange(2)[:, None], np.arange(1524)[None, :], lab] = 10.0
     dets = model.detect(loc_t, conf)
     assert len(dets) == 2
-    for d, g, l in zip(dets, gt, labels):
+    for d, g, lab_g in zip(dets, gt, labels, strict=True):
         order = np.argsort(d.labels, kind="stable")
         assert len(d.boxes) == len(g)
         np.testing.assert_allclose(np.sort(d.boxes, axis=0), np.sort(g, axis=0), atol=1e-5)
-        assert sorted(d.labels.tolist()) == sorted(l.tolist())
+        assert sorted(d.labels.tolist()) == sorted(lab_g.tolist())
         assert order.shape == (len(g),)
 
 
@@ -352,11 +361,11 @@ def test_save_load_round_trip_is_exact(tmp_path, rng):
     assert meta["class_names"] == names and meta["iteration"] == 12 and meta["num_classes"] == 5
     assert meta["config"] == model.config and "minissd_version" in meta
     assert back.config == model.config and back.num_classes == 5
-    for (n1, p1, _), (n2, p2, _) in zip(model.named_parameters(), back.named_parameters()):
+    for (n1, p1, _), (n2, p2, _) in zip(model.named_parameters(), back.named_parameters(), strict=True):
         assert n1 == n2 and p1.dtype == p2.dtype
         np.testing.assert_array_equal(p1, p2)
     x = rng.standard_normal((1, 3, 128, 128)).astype(np.float32)
-    for a, b in zip(model.forward(x), back.forward(x)):
+    for a, b in zip(model.forward(x), back.forward(x), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -494,7 +503,7 @@ def test_files_written_before_the_change_still_load(tmp_path, rng):
     bare = _old_format_file(tmp_path / "bare.npz", model)
     back, meta = load_model(bare)
     assert back.input_mean == VGG_MEAN and back.input_std == IMAGENET_STD and "input_mean" not in meta
-    for (_, p1, _), (_, p2, _) in zip(model.named_parameters(), back.named_parameters()):
+    for (_, p1, _), (_, p2, _) in zip(model.named_parameters(), back.named_parameters(), strict=True):
         np.testing.assert_array_equal(p1, p2)
     into = build_model("small", 3, rng, input_mean=(7, 7, 7))
     load_model(bare, model=into)
@@ -545,7 +554,8 @@ def test_cpu_and_gpu_agree(name, width, rng):
     assert isinstance(loc_g, cupy.ndarray)
     dx_g = gpu_model.backward(cupy.asarray(d_loc), cupy.asarray(d_conf))
     pairs = [("loc", loc, loc_g), ("conf", conf, conf_g), ("dx", dx, dx_g)]
-    pairs += [(n, g, gg) for (n, _, g), (_, _, gg) in zip(cpu.named_parameters(), gpu_model.named_parameters())]
+    pairs += [(n, g, gg) for (n, _, g), (_, _, gg)
+              in zip(cpu.named_parameters(), gpu_model.named_parameters(), strict=True)]
     for n, a, b in pairs:
         b = to_cpu(b)
         err = np.abs(a - b).max() / max(np.abs(a).max(), 1e-30)

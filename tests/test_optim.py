@@ -1,10 +1,11 @@
 """SGD (Caffe's momentum form, groups, exact resume) and the schedules; torch.optim.SGD as the oracle."""
+import itertools
 import math
 
 import numpy as np
 import pytest
-from conftest import requires_torch
 
+from conftest import requires_torch
 from minissd.backend import to_cpu
 from minissd.nn import Conv2d, L2Norm, Sequential
 from minissd.optim import CAFFE_GROUPS, SGD, WarmupCosine, WarmupMultiStep, is_bias
@@ -128,7 +129,7 @@ def test_state_dict_gives_exact_resume(rng):
     for seed in seeds[4:]:
         _fake_grads(net_b, np.random.default_rng(seed))
         opt_b.step()
-    for (n, pa, _), (_, pb, _) in zip(net_a.named_parameters(), net_b.named_parameters()):
+    for (n, pa, _), (_, pb, _) in zip(net_a.named_parameters(), net_b.named_parameters(), strict=True):
         np.testing.assert_array_equal(pa, pb, err_msg=n)
 
 
@@ -163,11 +164,11 @@ def test_step_on_device(xp, rng):
     for _ in range(3):
         g = np.random.default_rng(7)
         _fake_grads(net_cpu, g)
-        for (_, _, gc), (_, _, gd) in zip(net_cpu.named_parameters(), net_dev.named_parameters()):
+        for (_, _, gc), (_, _, gd) in zip(net_cpu.named_parameters(), net_dev.named_parameters(), strict=True):
             gd[...] = xp.asarray(gc)
         opt_cpu.step()
         opt_dev.step()
-    for (n, pc, _), (_, pd, _) in zip(net_cpu.named_parameters(), net_dev.named_parameters()):
+    for (n, pc, _), (_, pd, _) in zip(net_cpu.named_parameters(), net_dev.named_parameters(), strict=True):
         np.testing.assert_allclose(to_cpu(pd), pc, rtol=1e-13, err_msg=n)
 
 
@@ -205,7 +206,7 @@ def test_warmup_cosine_values():
     assert s(7) == pytest.approx(0.05)                                     # half way: cos(pi/2) = 0
     assert s(12) == pytest.approx(0.0, abs=1e-15) and s(100) == pytest.approx(0.0, abs=1e-15)
     values = [s(i) for i in range(2, 13)]
-    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert all(a >= b for a, b in itertools.pairwise(values))
     assert WarmupCosine(1.0, 0, 4, min_lr=0.5)(2) == pytest.approx(0.5 + 0.5 * 0.5 * (1 + math.cos(math.pi / 2)))
 
 
@@ -253,7 +254,7 @@ def test_gpu_momentum_moves_to_a_cpu_model_through_to_cpu(rng, fake_gpu):
     opt_a.step()
     opt_b.step()
     assert all(type(b) is np.ndarray for b in opt_b.buffers.values())
-    for (n, pa, _), (_, pb, _) in zip(net_a.named_parameters(), net_b.named_parameters()):
+    for (n, pa, _), (_, pb, _) in zip(net_a.named_parameters(), net_b.named_parameters(), strict=True):
         np.testing.assert_array_equal(pa, pb, err_msg=n)
 
 

@@ -5,8 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from minissd.priors import (PRIOR_CONFIGS, PriorConfig, get_config, make_priors, num_priors,
-                            num_priors_per_location)
+from minissd.priors import PRIOR_CONFIGS, PriorConfig, get_config, make_priors, num_priors, num_priors_per_location
 
 
 @pytest.mark.parametrize("name, count, per_loc", [
@@ -67,7 +66,7 @@ def test_per_layer_sizes_are_the_authors(name):
     p = make_priors(name)
     start = 0
     S = cfg.image_size
-    for k, (f, n) in enumerate(zip(cfg.feature_maps, num_priors_per_location(cfg))):
+    for k, (f, n) in enumerate(zip(cfg.feature_maps, num_priors_per_location(cfg), strict=True)):
         first = p[start:start + n]               # the boxes at cell (0, 0) of map k
         step = authors[2][k]
         np.testing.assert_allclose(first[:, :2], 0.5 * step / S, atol=1e-15)

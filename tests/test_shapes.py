@@ -67,7 +67,7 @@ def test_colour_does_not_give_the_class_away():
     per_class = {c: [] for c in range(1, 5)}
     for i in range(len(ds)):
         s = ds.get(i)
-        for (x1, y1, x2, y2), c in zip(s.boxes, s.labels):
+        for (x1, y1, x2, y2), c in zip(s.boxes, s.labels, strict=True):
             cx, cy = int((x1 + x2) / 2), int((y1 + y2) / 2)
             per_class[int(c)].append(s.image[cy, cx].astype(float))
     means = np.array([np.mean(v, 0) for v in per_class.values()])

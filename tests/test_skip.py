@@ -6,8 +6,16 @@ import warnings
 import numpy as np
 import pytest
 
-from minissd.data import (BadDataWarning, DataError, DataLoader, EvalTransform, SkipUnreadable, TrainTransform,
-                          VOCDataset, is_placeholder)
+from minissd.data import (
+    BadDataWarning,
+    DataError,
+    DataLoader,
+    EvalTransform,
+    SkipUnreadable,
+    TrainTransform,
+    VOCDataset,
+    is_placeholder,
+)
 from test_voc import _obj, _xml, make_voc
 
 

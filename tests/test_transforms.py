@@ -1,10 +1,10 @@
 """The SSD augmentation: boxes follow the pixels, the crop samplers keep their promises, each step works."""
 import numpy as np
 import pytest
-from conftest import HealthCheck, given, settings, st
 
-from minissd.data import EvalTransform, TrainTransform, preprocess
+from conftest import HealthCheck, given, settings, st
 from minissd.boxes import iou
+from minissd.data import EvalTransform, TrainTransform, preprocess
 from minissd.data.transforms import photometric_distort, render, sample_crop
 
 
@@ -26,7 +26,7 @@ def _check_boxes_match_pixels(chw, boxes, labels, size, min_px=4.0, atol=1.6):
     assert boxes.dtype == np.float32 and np.all(boxes >= 0) and np.all(boxes <= 1)
     assert np.all(boxes[:, 2] >= boxes[:, 0]) and np.all(boxes[:, 3] >= boxes[:, 1])
     checked = 0
-    for box, k in zip(boxes * size, labels):
+    for box, k in zip(boxes * size, labels, strict=True):
         if box[2] - box[0] < min_px or box[3] - box[1] < min_px:
             continue  # too small to measure after the resize
         mask = chw[int(k)] > 127.5  # where the 255 -> 0 edge crosses half height
@@ -76,7 +76,7 @@ def test_deterministic_given_the_generator():
     t = TrainTransform(48)
     a = t(image, boxes, np.array([1, 2, 3]), np.random.default_rng(7))
     b = t(image, boxes, np.array([1, 2, 3]), np.random.default_rng(7))
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert np.array_equal(x, y)
     c = t(image, boxes, np.array([1, 2, 3]), np.random.default_rng(8))
     assert not np.array_equal(a[0], c[0])
@@ -217,7 +217,7 @@ def test_turning_steps_off_is_the_eval_resize():
     off = TrainTransform(32, photometric=False, expand=False, crop=False, flip=False)
     a = off(image, boxes, np.array([1, 2]), rng)
     b = EvalTransform(32)(image, boxes, np.array([1, 2]))
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, atol=1e-6)
 
 

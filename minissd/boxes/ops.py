@@ -301,7 +301,7 @@ def match_batch(priors_cxcywh, gt_xyxy_list, gt_labels_list, threshold=0.5, stra
     priors = _priors(priors_cxcywh)
     P, N = priors.shape[0], len(gt_xyxy_list)
     gts, labs = [], []
-    for n, (g, lab) in enumerate(zip(gt_xyxy_list, gt_labels_list)):
+    for n, (g, lab) in enumerate(zip(gt_xyxy_list, gt_labels_list, strict=True)):
         g = _as_real_array(g, f"gt_xyxy[{n}]")
         if g.ndim == 1 and g.size == 0:
             g = g.reshape(0, 4)  # np.array([]) for an image without objects

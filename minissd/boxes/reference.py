@@ -126,7 +126,7 @@ def batched_detect_ref(boxes_xyxy, probs, score_threshold=0.01, nms_threshold=0.
     Returns a list of N `Detections(boxes (K, 4), labels (K,) int64, scores (K,))`.
     """
     out = []
-    for bx, pr in zip(boxes_xyxy, probs):
+    for bx, pr in zip(boxes_xyxy, probs, strict=True):
         dets_b, dets_l, dets_s = [], [], []
         for c in range(1, pr.shape[1]):
             s = pr[:, c]

@@ -4,9 +4,10 @@ Four classes that differ in shape only -- ``circle``, ``square``, ``triangle``, 
 colours (colour never gives the class away), 1 to 6 objects per image, from a tenth of the image side
 to most of it, overlapping and occluding each other, on textured and noisy backgrounds. Circles and
 squares are defined by their 1:1 aspect; triangles (apex up; ``triangle_orientations=4`` also points
-them down, left and right) and crosses are stretched to aspect ratios in [1/2, 2]. Every object lies fully inside the image and its box is
-the full extent of the shape, also where another object hides part of it; an object is never hidden
-by more than ``max_occlusion`` (default 45 %) of its area, so every label can be seen.
+them down, left and right) and crosses are stretched to aspect ratios in [1/2, 2]. Every object lies
+fully inside the image and its box is the full extent of the shape, also where another object hides
+part of it; an object is never hidden by more than ``max_occlusion`` (default 45 %) of its area, so
+every label can be seen.
 
 Image ``i`` of split ``s`` is a pure function of ``numpy.random.default_rng([seed, SPLIT_IDS[s], i])``:
 splits never share an image, any image can be drawn alone, and nothing is cached. Drawing is numpy
@@ -320,7 +321,7 @@ def _voc_xml(image_id: str, width: int, height: int, boxes, labels, class_names)
     """A VOC annotation. VOC pixels are 1-based and inclusive: continuous [x1, x2) becomes
     xmin = round(x1) + 1, xmax = round(x2), the inverse of what VOCDataset reads."""
     objects = []
-    for (x1, y1, x2, y2), label in zip(boxes, labels):
+    for (x1, y1, x2, y2), label in zip(boxes, labels, strict=True):
         xmin, ymin = int(round(float(x1))) + 1, int(round(float(y1))) + 1
         xmax, ymax = max(int(round(float(x2))), xmin), max(int(round(float(y2))), ymin)
         objects.append(

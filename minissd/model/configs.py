@@ -343,7 +343,7 @@ def describe(config, num_classes: int | None = None) -> list[dict]:
             src = at_source[s]
             rows.append({"name": f"l2norm.{s}", "part": "l2norm", "size": src["size"], "channels": src["channels"],
                          "rf": src["rf"], "jump": src["jump"], "macs": 0, "params": src["channels"]})
-        for s, k in zip(config["sources"], config["boxes_per_location"]):
+        for s, k in zip(config["sources"], config["boxes_per_location"], strict=True):
             src = at_source[s]
             for head, width in (("loc", 4 * k), ("conf", num_classes * k)):
                 rows.append({"name": f"{head}.{s}", "part": head, "size": src["size"], "channels": width,

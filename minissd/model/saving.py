@@ -6,8 +6,9 @@ background), ``input_mean``/``input_std`` (the input normalisation the weights w
 inside ``config``) and ``class_names`` (the C object classes, index i is label i + 1), so `load_model`
 needs nothing but the path. Files written before the normalisation was part of the config carry it
 in ``input_mean``/``input_std`` (the training command wrote them) or not at all; `load_model` reads
-the first, else the config's default (`minissd.model.configs.input_normalisation`). Arrays whose names contain "/" (``optim/...``, written by the training
-command into the same file) are not model parameters and are skipped here.
+the first, else the config's default (`minissd.model.configs.input_normalisation`). Arrays whose
+names contain "/" (``optim/...``, written by the training command into the same file) are not model
+parameters and are skipped here.
 """
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ class SSD(Module):
         self.loc = self.add_child("loc", Module())
         self.conf = self.add_child("conf", Module())
         kh = int(config["head_kernel"])
-        for s, k in zip(self.source_names, self.boxes_per_location):
+        for s, k in zip(self.source_names, self.boxes_per_location, strict=True):
             c = rows[s]["channels"]
             self.loc.add_child(s, Conv2d(c, 4 * k, kh, padding=kh // 2, init=init["heads"], rng=rng, dtype=dtype))
             self.conf.add_child(s, Conv2d(c, self.num_classes * k, kh, padding=kh // 2, init=init["heads"],
@@ -113,7 +113,7 @@ class SSD(Module):
             self._segments.append(chain[start:end])
             start = end
         # Where each source's boxes start in the (N, P, .) outputs.
-        counts = [h * h * k for h, k in zip(self.source_sizes, self.boxes_per_location)]
+        counts = [h * h * k for h, k in zip(self.source_sizes, self.boxes_per_location, strict=True)]
         self._offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
         self.num_priors = self._offsets[-1]
         self._device_priors = {}
@@ -212,7 +212,7 @@ class SSD(Module):
         loc = xp.empty((n, self.num_priors, 4), dtype=x.dtype)
         conf = xp.empty((n, self.num_priors, self.num_classes), dtype=x.dtype)
         h = x
-        for k, (s, segment) in enumerate(zip(self.source_names, self._segments)):
+        for k, (s, segment) in enumerate(zip(self.source_names, self._segments, strict=True)):
             for layer in segment:
                 h = layer.forward(h)
             f = self.l2norm.children[s].forward(h) if s in self.l2norm.children else h

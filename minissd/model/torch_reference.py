@@ -50,7 +50,7 @@ def build_torch_reference(config, num_classes: int, dtype=None):
                 with torch.no_grad():
                     p.fill_(scale)
             kh = config["head_kernel"]
-            for s, k in zip(config["sources"], config["boxes_per_location"]):
+            for s, k in zip(config["sources"], config["boxes_per_location"], strict=True):
                 c = self.source_channels[s]
                 for head, width in (("loc", 4 * k), ("conf", num_classes * k)):
                     self._add(f"{head}.{s}.W", (width, c, kh, kh))
