@@ -22,8 +22,15 @@ import xml.parsers.expat
 
 import numpy as np
 
-from .annotations import (TRAIN_SPLITS, UNKNOWN_CLASS_MODES, BoxChecker, check_missing, check_mode, image_size,
-                          load_image)
+from .annotations import (
+    TRAIN_SPLITS,
+    UNKNOWN_CLASS_MODES,
+    BoxChecker,
+    check_missing,
+    check_mode,
+    image_size,
+    load_image,
+)
 from .sample import Sample, empty_targets
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
