@@ -83,8 +83,9 @@ def open_dataset(spec: str, split: str = "train", **options):
     """The dataset named by ``spec`` ("shapes", "voc:PATH[:SPLIT]", "coco:ANNOTATIONS:IMAGES").
 
     ``split`` picks the shapes split and the VOC image list (a SPLIT in the spec wins). For train
-    splits ("train", "trainval") VOC difficult objects and COCO crowd regions are left out, as the
-    paper trains; for other splits they are kept with the difficult flag, for evaluation. ``options``
+    splits ("train", "trainval") VOC difficult objects and COCO crowd regions are left out (the
+    authors' Caffe code trains on difficult objects; docs/14-differences.md); for other splits they
+    are kept with the difficult flag, for evaluation. ``options``
     go to the dataset's constructor (e.g. size=, seed= for shapes; class_names=, on_bad_box=).
     """
     try:
