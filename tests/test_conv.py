@@ -349,17 +349,21 @@ def test_input_grad_false_skips_dx_only(rng):
 
 
 def test_conv2d_on_device(xp, rng):
-    """The same layer on the array's device (CuPy kernels + cuBLAS on a GPU) gives the CPU's numbers."""
+    """The layer on the array's device (im2col + GEMM on the CPU, CuPy kernels + cuBLAS on a GPU) gives
+    the numbers of the per-tap NumPy reference, which shares no code with either path."""
     x = rng.standard_normal((2, 3, 9, 9))
     dy = rng.standard_normal((2, 4, 5, 5))
-    cpu = Conv2d(3, 4, 3, stride=2, padding=1, dilation=1, rng=np.random.default_rng(2)).astype(np.float64)
     dev = Conv2d(3, 4, 3, stride=2, padding=1, dilation=1, rng=np.random.default_rng(2)).astype(np.float64)
+    dev.params["b"][...] = rng.standard_normal(4)
+    W, b = dev.params["W"].copy(), dev.params["b"].copy()
     dev.to("cuda" if xp is not np else "cpu")
     y = dev.forward(xp.asarray(x))
     dx = dev.backward(xp.asarray(dy))
-    np.testing.assert_allclose(to_cpu(y), cpu.forward(x), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(to_cpu(dx), cpu.backward(dy), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(to_cpu(dev.grads["W"]), cpu.grads["W"], rtol=1e-12, atol=1e-12)
+    dx_ref, dW_ref, db_ref = conv_backward_ref(x, W, dy, stride=2, padding=1)
+    np.testing.assert_allclose(to_cpu(y), conv_forward_ref(x, W, b, stride=2, padding=1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_cpu(dx), dx_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_cpu(dev.grads["W"]), dW_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(to_cpu(dev.grads["b"]), db_ref, rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------

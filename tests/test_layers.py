@@ -243,9 +243,12 @@ def test_maxpool_on_device(cfg, xp, rng):
     x = rng.standard_normal((2, 3, H, W))
     dy_shape = MaxPool2d(k, s, p, ceil).output_shape(x.shape)
     dy = rng.standard_normal(dy_shape)
-    cpu, dev = MaxPool2d(k, s, p, ceil), MaxPool2d(k, s, p, ceil)
-    np.testing.assert_array_equal(to_cpu(dev.forward(xp.asarray(x))), cpu.forward(x))
-    np.testing.assert_allclose(to_cpu(dev.backward(xp.asarray(dy))), cpu.backward(dy), rtol=1e-13, atol=1e-13)
+    dev = MaxPool2d(k, s, p, ceil)
+    # against the window-by-window NumPy reference (not the layer's own CPU path)
+    y_ref, argmax = maxpool_forward_ref(x, k, s, p, ceil)
+    np.testing.assert_array_equal(to_cpu(dev.forward(xp.asarray(x))), y_ref)
+    np.testing.assert_allclose(to_cpu(dev.backward(xp.asarray(dy))), maxpool_backward_ref(dy, argmax, x.shape),
+                               rtol=1e-13, atol=1e-13)
 
 
 @requires_torch
@@ -361,11 +364,16 @@ def test_l2norm_backward_accumulates_the_scale_gradient(dtype, rng):
 def test_l2norm_on_device(xp, rng):
     x = rng.standard_normal((2, 4, 3, 3))
     dy = rng.standard_normal(x.shape)
-    cpu, dev = L2Norm(4).astype(np.float64), L2Norm(4).astype(np.float64)
+    dev = L2Norm(4).astype(np.float64)
+    dev.params["weight"][...] = rng.uniform(5, 25, 4)
+    w = dev.params["weight"].copy()
     dev.to("cuda" if xp is not np else "cpu")
-    np.testing.assert_allclose(to_cpu(dev.forward(xp.asarray(x))), cpu.forward(x), rtol=1e-12)
-    np.testing.assert_allclose(to_cpu(dev.backward(xp.asarray(dy))), cpu.backward(dy), rtol=1e-12)
-    np.testing.assert_allclose(to_cpu(dev.grads["weight"]), cpu.grads["weight"], rtol=1e-12)
+    # against the chain-rule NumPy reference (not the layer's own CPU path)
+    dx_ref, dw_ref = l2norm_backward_ref(x, w, dy, eps=dev.eps)
+    np.testing.assert_allclose(to_cpu(dev.forward(xp.asarray(x))), l2norm_forward_ref(x, w, eps=dev.eps),
+                               rtol=1e-12)
+    np.testing.assert_allclose(to_cpu(dev.backward(xp.asarray(dy))), dx_ref, rtol=1e-12)
+    np.testing.assert_allclose(to_cpu(dev.grads["weight"]), dw_ref, rtol=1e-12)
 
 
 @requires_torch

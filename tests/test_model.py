@@ -345,11 +345,14 @@ def test_targets_and_detect_round_trip(rng):
     dets = model.detect(loc_t, conf)
     assert len(dets) == 2
     for d, g, lab_g in zip(dets, gt, labels, strict=True):
-        order = np.argsort(d.labels, kind="stable")
         assert len(d.boxes) == len(g)
         np.testing.assert_allclose(np.sort(d.boxes, axis=0), np.sort(g, axis=0), atol=1e-5)
         assert sorted(d.labels.tolist()) == sorted(lab_g.tolist())
-        assert order.shape == (len(g),)
+        # each box comes back with its own label (not just the right multiset of labels)
+        for box, label in zip(d.boxes, d.labels, strict=True):
+            k = int(np.argmin(np.abs(g - box).sum(axis=1)))
+            np.testing.assert_allclose(box, g[k], atol=1e-5)
+            assert label == lab_g[k]
 
 
 # -- save / load -------------------------------------------------------------------------------------
