@@ -24,7 +24,7 @@ died without MPI_Abort hangs). `MPIComm` therefore installs a ``sys.excepthook``
 names the rank and calls ``MPI_Abort``, which ends every process of the job with a non-zero status;
 `Communicator.guard` does the same for a block of code, SystemExit with a non-zero code included.
 
-Issue 14 (data-parallel training); the trainer integration and the docs page come with it.
+Walkthrough: docs/15-data-parallel.md (issue 14). The trainer uses it in minissd/training/trainer.py.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ import importlib
 import os
 import shutil
 import sys
+import time
 import traceback
 import zlib
 
@@ -133,6 +134,14 @@ class Communicator:
     def barrier(self) -> None:
         raise NotImplementedError
 
+    def idle_barrier(self, poll_s: float = 0.005) -> None:
+        """A barrier that sleeps while it waits (for a rank busy alone: evaluation, the final report).
+
+        MPICH's blocking calls spin a core while they wait; on a machine with few cores the waiting
+        ranks would take CPU from the one doing the work. Here the wait polls a non-blocking barrier.
+        """
+        self.barrier()
+
     # -- failure -----------------------------------------------------------------------------------
     def abort(self, message: str, code: int = 1):
         """End the whole job with a non-zero status, after printing ``message`` with this rank's number."""
@@ -185,6 +194,9 @@ class SingleProcess(Communicator):
         return buf
 
     def barrier(self) -> None:
+        pass
+
+    def idle_barrier(self, poll_s: float = 0.005) -> None:
         pass
 
     def abort(self, message: str, code: int = 1):
@@ -269,11 +281,22 @@ class MPIComm(Communicator):
     def barrier(self) -> None:
         self.comm.Barrier()
 
+    def idle_barrier(self, poll_s: float = 0.005) -> None:
+        if self.size == 1:
+            return
+        request = self.comm.Ibarrier()
+        while not request.Test():
+            time.sleep(poll_s)
+
     def abort(self, message: str, code: int = 1):
         sys.stderr.write(f"minissd: rank {self.rank} of {self.size} failed: {message}; aborting the job\n")
         sys.stderr.flush()
         sys.stdout.flush()
-        self.comm.Abort(int(code) if code else 1)
+        code = int(code) if code else 1
+        self.comm.Abort(code)
+        # MPI_Abort does not return; should a signal from the launcher interrupt it (two ranks aborting
+        # at once), the process still must not go on as if nothing had happened.
+        os._exit(code)
 
 
 def _nccl_dtypes(nccl) -> dict:
@@ -368,6 +391,10 @@ class NCCLComm(Communicator):
     def barrier(self) -> None:
         self.cp.cuda.get_current_stream().synchronize()
         self.host.barrier()
+
+    def idle_barrier(self, poll_s: float = 0.005) -> None:
+        self.cp.cuda.get_current_stream().synchronize()
+        self.host.idle_barrier(poll_s)
 
     def abort(self, message: str, code: int = 1):
         with contextlib.suppress(Exception):

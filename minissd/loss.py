@@ -21,6 +21,12 @@ where the selection does not change, and the gradient is::
 
 Everything is batched array code on the device of the inputs (NumPy or CuPy); there is no loop over
 priors or images.
+
+Data-parallel training (``comm`` of size K > 1, each process holding a shard of the global batch): the
+few host numbers of the forward pass (the two sums, N, the non-finite counts) are summed over the ranks
+in one all-reduce, so ``N`` is the number of positives of the whole global batch and every rank's
+gradient is d(its shard's terms)/N_global; their sum over the ranks is the one-process gradient.
+A per-rank N would weight the ranks wrongly (docs/15-data-parallel.md). Mining is per image: unchanged.
 """
 from __future__ import annotations
 
@@ -186,6 +192,11 @@ class MultiBoxLoss:
     check_finite : bool, keyword-only
         Raise `NonFiniteError` (a ValueError) naming the argument when ``loc``, ``conf`` or the
         positives' ``loc_t`` hold NaN/inf. One extra pass over the inputs; on by default.
+    comm : `minissd.distributed.Communicator` or None, keyword-only
+        For data-parallel training: sums, N and the finiteness checks are all-reduced, so the returned
+        parts are the global batch's, and `NonFiniteError` is raised on every rank together (a rank
+        that raised alone would leave the others waiting in the all-reduce). None or size 1: nothing
+        is exchanged.
 
     Attributes set by `forward` (read them for plots and tests)
     ----------------------------------------------------------
@@ -201,7 +212,7 @@ class MultiBoxLoss:
     """
 
     def __init__(self, neg_pos_ratio: float = 3.0, alpha: float = 1.0, *, min_negatives: int = 0,
-                 check_finite: bool = True):
+                 check_finite: bool = True, comm=None):
         neg_pos_ratio = float(neg_pos_ratio)
         alpha = float(alpha)
         if not np.isfinite(neg_pos_ratio) or neg_pos_ratio < 0:
@@ -214,6 +225,7 @@ class MultiBoxLoss:
         self.alpha = alpha
         self.min_negatives = int(min_negatives)
         self.check_finite = bool(check_finite)
+        self.comm = comm
         self._cache = None
         self.pos_mask = self.neg_mask = self.num_neg = None
 
@@ -237,7 +249,9 @@ class MultiBoxLoss:
         -------
         LossParts(total, conf, loc, num_pos): three Python floats and an int.
         """
-        xp = self._check(loc, conf, loc_t, labels)
+        distributed = self.comm is not None and self.comm.size > 1
+        # Distributed: a bad input is reported after the all-reduce, by every rank at once.
+        xp, inputs_ok = self._check(loc, conf, loc_t, labels, defer_finite=distributed)
         n, p, _ = conf.shape
         labels = labels.astype(xp.int64, copy=False)
         pos = labels > 0                                            # (N, P)
@@ -268,9 +282,12 @@ class MultiBoxLoss:
         loc_sum = xp.sum(smooth_l1(diff), dtype=xp.float64)
         conf_sum = xp.sum(xp.where(selected, ce, 0), dtype=xp.float64)
         # One device -> host copy for the numbers.
-        conf_sum, loc_sum, num_pos, t_ok = (float(v) for v in to_cpu(xp.stack([
+        host = to_cpu(xp.stack([
             conf_sum, loc_sum, xp.asarray(pos_idx.size, dtype=xp.float64),
-            xp.isfinite(diff).all().astype(xp.float64)])))
+            xp.isfinite(diff).all().astype(xp.float64)]))                # (4,) float64
+        if distributed:
+            host = self._allreduce(host, inputs_ok)
+        conf_sum, loc_sum, num_pos, t_ok = (float(v) for v in host)
         if self.check_finite and not t_ok:
             raise NonFiniteError("MultiBoxLoss: loc_t holds NaN or inf at a positive box")
         num_pos = int(num_pos)
@@ -284,6 +301,17 @@ class MultiBoxLoss:
         return LossParts(conf_loss + self.alpha * loc_loss, conf_loss, loc_loss, num_pos)
 
     __call__ = forward
+
+    def _allreduce(self, host, inputs_ok: bool):
+        """The global [conf_sum, loc_sum, N, targets finite] from every rank's, in one all-reduce."""
+        buf = np.array([host[0], host[1], host[2], 1.0 - host[3], 0.0 if inputs_ok else 1.0],
+                       dtype=np.float64)       # sums, N, ranks with bad targets, ranks with bad inputs
+        self.comm.allreduce_sum_(buf)
+        if self.check_finite and buf[4]:
+            raise NonFiniteError(f"MultiBoxLoss: loc or conf holds NaN or inf on {int(buf[4])} of "
+                                 f"{self.comm.size} ranks" + ("" if inputs_ok else f" (rank {self.comm.rank} "
+                                                                                   "among them)"))
+        return buf[0], buf[1], buf[2], float(buf[3] == 0)
 
     # -- backward ------------------------------------------------------------------------------
     def backward(self):
@@ -313,7 +341,9 @@ class MultiBoxLoss:
         return d_loc, d_conf
 
     # -- input checks --------------------------------------------------------------------------
-    def _check(self, loc, conf, loc_t, labels):
+    def _check(self, loc, conf, loc_t, labels, defer_finite: bool = False):
+        """Check the inputs; returns ``(xp, finite)``. Shape/dtype/label errors raise at once; NaN/inf
+        in loc or conf raise `NonFiniteError` unless ``defer_finite`` (then ``finite`` says it)."""
         arrays = {"loc": loc, "conf": conf, "loc_t": loc_t, "labels": labels}
         for name, a in arrays.items():
             if not (isinstance(a, np.ndarray) or is_gpu_array(a)):
@@ -353,8 +383,8 @@ class MultiBoxLoss:
         if got[0] < 0 or got[1] >= m:
             raise ValueError(f"MultiBoxLoss: labels must lie in [0, {m - 1}] for M = {m} classes "
                              f"(0 = background), got values in [{got[0]}, {got[1]}]")
-        if self.check_finite:
+        if self.check_finite and not defer_finite:
             for name, ok in zip(("loc", "conf"), got[2:]):
                 if not ok:
                     raise NonFiniteError(f"MultiBoxLoss: {name} holds NaN or inf")
-        return xp
+        return xp, all(got[2:])

@@ -7,6 +7,11 @@ The order and the augmentation are pure functions of (seed, epoch, index):
 * the sample at dataset index ``i`` in epoch ``e`` is augmented with its own Generator
   ``default_rng([seed, e, i])``, not with a draw from a shared stream.
 
+Data-parallel training (``world_size`` K > 1, one loader per process): ``batch_size`` is the global
+batch B; every rank walks the same permutation and takes its contiguous slice ``[r B/K, (r+1) B/K)``
+of each global batch. The shards are disjoint, their union in rank order is the one-process batch,
+and the augmentation of an image does not depend on which rank draws it (docs/15-data-parallel.md).
+
 So worker threads or processes can build batches in any order and the result is still the same, and
 a loader restored from ``state_dict()`` (epoch, batches consumed in that epoch, seed) yields exactly
 the batches an uninterrupted run would have yielded next, augmentation included.
@@ -95,7 +100,10 @@ class DataLoader:
     prefetch : batches built ahead of the consumer (default 2 * max(1, num_workers)).
     worker_type : "thread" (default; numpy and Pillow release the GIL in their inner loops) or
         "process" (fork where the platform has it; the dataset and transform must be picklable
-        elsewhere).
+        elsewhere). Under MPI use threads: forking a process after MPI has started is unsafe.
+    rank, world_size : this process's shard of each global batch of ``batch_size`` images (default
+        0 of 1: the whole batch). ``batch_size`` must be a multiple of ``world_size``, and with
+        ``world_size > 1`` ``drop_last`` must be True (every rank gets B / K images every step).
 
     ``for batch in loader`` runs the rest of the current epoch; ``loader.batches()`` runs forever,
     epoch after epoch (for an iteration-based trainer). ``len(loader)`` is batches per epoch.
@@ -104,9 +112,19 @@ class DataLoader:
 
     def __init__(self, dataset, batch_size: int, transform, shuffle: bool = True, seed: int = 0,
                  num_workers: int = 2, drop_last: bool = True, prefetch: int | None = None,
-                 worker_type: str = "thread"):
+                 worker_type: str = "thread", rank: int = 0, world_size: int = 1):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        if int(world_size) != world_size or world_size < 1:
+            raise ValueError(f"world_size: expected a positive integer, got {world_size!r}")
+        if int(rank) != rank or not 0 <= rank < world_size:
+            raise ValueError(f"rank: expected an integer in [0, {world_size}), got {rank!r}")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} is not a multiple of world_size {world_size}: "
+                             "every rank must draw the same number of images per step")
+        if world_size > 1 and not drop_last:
+            raise ValueError(f"drop_last: must be True with world_size {world_size} > 1 (a short last "
+                             "batch would not split evenly across the ranks)")
         if int(num_workers) != num_workers or num_workers < 0:
             raise ValueError(f"num_workers: expected a non-negative integer, got {num_workers!r}")
         if worker_type not in ("thread", "process"):
@@ -122,6 +140,7 @@ class DataLoader:
         self.drop_last = bool(drop_last)
         self.prefetch = int(prefetch) if prefetch is not None else 2 * max(1, self.num_workers)
         self.worker_type = worker_type
+        self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
         self.position = 0  # batches of the current epoch already handed out
         if len(self) == 0:
@@ -154,14 +173,21 @@ class DataLoader:
         if self.position == len(self):
             self.epoch, self.position = self.epoch + 1, 0
 
+    def shard(self, indices: np.ndarray) -> np.ndarray:
+        """This rank's contiguous slice of one global batch's dataset indices (all of it for one rank)."""
+        if self.world_size == 1:
+            return indices
+        per_rank = self.batch_size // self.world_size
+        return indices[self.rank * per_rank:(self.rank + 1) * per_rank]
+
     def _tasks(self, forever: bool):
-        """(epoch, position, indices) for the batches still to come, lazily."""
+        """(epoch, position, indices) for the batches still to come, lazily (this rank's shard)."""
         epoch, position = self.epoch, self.position
         per_epoch = len(self)
         while True:
             order = self.order(epoch)
             for b in range(position, per_epoch):
-                yield epoch, b, order[b * self.batch_size:(b + 1) * self.batch_size]
+                yield epoch, b, self.shard(order[b * self.batch_size:(b + 1) * self.batch_size])
             if not forever:
                 return
             epoch, position = epoch + 1, 0

@@ -5,6 +5,7 @@
     parts = loss_fn.forward(...)               localisation + confidence loss, hard negatives (eq. 1-3)
     d_loc, d_conf = loss_fn.backward()
     model.backward(d_loc, d_conf)              hand-written backward, no autograd
+    bucket.allreduce_()                        data-parallel only: sum the ranks' gradients
     optimizer.step()                           SGD with momentum
 
 `train_step` is that sequence and nothing else: the trainer (minissd/training/trainer.py), the
@@ -26,10 +27,12 @@ import numpy as np
 from ..backend import cupy_module, get_array_module, synchronize
 
 STAGES = ("data", "targets", "forward", "loss", "backward", "step")
+# With a gradient bucket (data-parallel) the step also passes this stage, between backward and step.
+ALLREDUCE_STAGE = "allreduce"
 
 
 def train_step(model, loss_fn, optimizer, batch, *, threshold: float = 0.5, strategy: str = "bipartite",
-               upload=None, timer=None):
+               upload=None, timer=None, bucket=None):
     """One SGD iteration on ``batch`` (a `minissd.data.Batch`); returns the loss's `LossParts`.
 
     ``optimizer.lr`` is used as set (the caller applies the schedule). When the loss is not finite
@@ -37,6 +40,11 @@ def train_step(model, loss_fn, optimizer, batch, *, threshold: float = 0.5, stra
     were); NaN/inf in the network outputs raise `minissd.loss.NonFiniteError` from the loss.
     ``upload`` moves the images to the model's device (default: `xp.asarray`; the trainer passes a
     `BatchUpload`); ``timer.mark(stage)`` is called as each of `STAGES` ends.
+
+    ``bucket`` (`minissd.distributed.GradientBucket`, data-parallel training): after the backward pass
+    the gradients are summed over the ranks (timer stage ``"allreduce"``), so every rank applies the
+    same update. The loss must then carry the same communicator (``MultiBoxLoss(comm=...)``): it
+    normalises by the global N, which also makes the non-finite early return the same on every rank.
     """
     mark = timer.mark if timer is not None else _no_mark
     x = upload(batch.images) if upload is not None else _model_xp(model).asarray(batch.images)
@@ -53,6 +61,9 @@ def train_step(model, loss_fn, optimizer, batch, *, threshold: float = 0.5, stra
     mark("loss")
     model.backward(d_loc, d_conf)
     mark("backward")
+    if bucket is not None:
+        bucket.allreduce_()
+        mark(ALLREDUCE_STAGE)
     optimizer.step()
     mark("step")
     return parts

@@ -1,0 +1,354 @@
+"""Data-parallel training: shards, the global normaliser N, and `mpiexec -n 2 python -m minissd.train`.
+
+In-process tests run two "ranks" as two threads joined by `ThreadComm` (a real all-reduce through a
+barrier), so the loss's global N and the gradient sum are checked without MPI. The mpiexec tests run
+the training command for real (a few seconds each) with a timeout, and skip, saying so, only when
+mpi4py is missing (the `test` extra installs mpi4py and the MPICH wheel).
+
+Tolerance of "the same weights": with K processes each rank computes dW over its shard and the
+all-reduce adds the K partial sums; one process computes dW over the whole batch in one GEMM. The
+float32 sums differ in order only. Measured (3 steps, lr 0.01, global batch 4, small model): the
+largest difference of any weight is 1.8e-6, at most 7.8e-6 of how far training moved that array from
+its initial value. The test asks, for every array of the checkpoint (weights and momentum), max |diff|
+<= 1e-4 x max |change made by training| (init = the seeded model; momentum starts at 0), 13x that
+measurement; a wrong normaliser or an averaged instead of summed gradient moves the weights by a
+sizeable fraction of the change itself (tested below in-process).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from minissd import distributed as dist
+from minissd.checkpoint import load_checkpoint
+from minissd.data import DataLoader, ShapesDataset, TrainTransform
+from minissd.loss import MultiBoxLoss, NonFiniteError
+from minissd.training.recipe import build_model_for
+
+try:
+    import mpi4py  # noqa: F401  (the package only: importing mpi4py.MPI would start MPI inside pytest)
+
+    MPI4PY_REASON = None
+except ImportError as err:
+    MPI4PY_REASON = f"mpi4py is not installed ({err}): pip install -e '.[test]' installs it and MPICH"
+
+needs_mpi = pytest.mark.skipif(MPI4PY_REASON is not None, reason=str(MPI4PY_REASON))
+TIMEOUT_S = 180   # a healthy 3-iteration job takes ~7 s on the loaded 2-core machine
+TOLERANCE = 1e-4  # of the change training made to each array (see the module docstring)
+
+
+# -- two ranks as two threads ------------------------------------------------------------------------
+class ThreadComm(dist.Communicator):
+    """Rank ``rank`` of ``size`` threads sharing ``board``: a real all-reduce (sum) through a barrier."""
+
+    def __init__(self, rank, size, board):
+        self.rank, self.size, self.board = rank, size, board
+
+    def allreduce_sum_(self, buf):
+        b = self.board
+        b["barrier"].wait()
+        b["slots"][self.rank] = buf.copy()
+        b["barrier"].wait()
+        buf[...] = sum(b["slots"][r] for r in range(self.size))   # rank order: deterministic
+        b["barrier"].wait()
+        return buf
+
+
+def run_ranks(size, fn):
+    """Run ``fn(comm)`` on ``size`` threads; returns the results by rank (re-raises the first error)."""
+    board = {"barrier": threading.Barrier(size, timeout=30), "slots": {}}
+    results, errors = [None] * size, [None] * size
+
+    def target(rank):
+        try:
+            results[rank] = fn(ThreadComm(rank, size, board))
+        except BaseException as exc:  # noqa: BLE001  (handed to the main thread)
+            errors[rank] = exc
+            board["barrier"].abort()
+
+    threads = [threading.Thread(target=target, args=(r,)) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results, errors
+
+
+# -- the loader's shards -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shapes():
+    return ShapesDataset("train", size=64, seed=3, count=24)
+
+
+def _loader(ds, rank=0, world_size=1, batch_size=8, **kw):
+    transform = TrainTransform(64, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))   # random crops too
+    return DataLoader(ds, batch_size, transform, shuffle=True, seed=7, num_workers=0, rank=rank,
+                      world_size=world_size, **kw)
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_shards_are_disjoint_and_their_union_is_the_one_process_batch(shapes, world_size):
+    gens = [_loader(shapes, r, world_size).batches() for r in range(world_size)]
+    one = _loader(shapes).batches()
+    for _ in range(5):      # crosses an epoch boundary (3 batches per epoch)
+        ref = next(one)
+        parts = [next(g) for g in gens]
+        ids = [i for p in parts for i in p.ids]
+        assert ids == ref.ids                              # in rank order, nothing lost or repeated
+        assert all(len(p.ids) == 8 // world_size for p in parts)
+        # augmentation depends on (seed, epoch, index), not on the rank that draws the image
+        np.testing.assert_array_equal(np.concatenate([p.images for p in parts]), ref.images)
+
+
+def test_shard_positions_resume_like_the_whole_batch(shapes):
+    a = _loader(shapes, 1, 2)
+    stream = a.batches()
+    for _ in range(4):
+        next(stream)
+    b = _loader(shapes, 1, 2)
+    b.load_state_dict(a.state_dict())
+    assert next(b.batches()).ids == next(stream).ids
+
+
+def test_loader_rejects_a_batch_that_does_not_split(shapes):
+    with pytest.raises(ValueError, match="batch_size 6 is not a multiple of world_size 4"):
+        _loader(shapes, 0, 4, batch_size=6)
+    with pytest.raises(ValueError, match="rank"):
+        _loader(shapes, 2, 2)
+    with pytest.raises(ValueError, match="world_size"):
+        _loader(shapes, 0, 0)
+    with pytest.raises(ValueError, match="drop_last"):
+        _loader(shapes, 0, 2, drop_last=False)
+
+
+# -- the loss: the global N ----------------------------------------------------------------------------
+def _loss_inputs(rng, n=4, p=60, m=4, positives=(9, 1, 0, 5)):
+    loc = rng.standard_normal((n, p, 4))
+    conf = rng.standard_normal((n, p, m)) * 2
+    loc_t = rng.standard_normal((n, p, 4))
+    labels = np.zeros((n, p), np.int64)
+    for i, k in enumerate(positives):
+        labels[i, rng.choice(p, k, replace=False)] = rng.integers(1, m, k)
+    return loc, conf, loc_t, labels
+
+
+def _shard_losses(inputs, size, comm_for=lambda comm: comm):
+    per = inputs[0].shape[0] // size
+
+    def fn(comm):
+        sl = slice(comm.rank * per, (comm.rank + 1) * per)
+        loss = MultiBoxLoss(comm=comm_for(comm))
+        parts = loss.forward(*(a[sl] for a in inputs))
+        return parts, loss.backward()
+
+    results, errors = run_ranks(size, fn)
+    for e in errors:
+        if e is not None:
+            raise e
+    return results
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_shard_gradients_sum_to_the_whole_batch_gradient(rng, size):
+    # Shards with 10 and 5 positives (size 2), or 9, 1, 0, 5 (size 4): unequal on purpose.
+    inputs = _loss_inputs(rng)
+    whole = MultiBoxLoss()
+    ref = whole.forward(*inputs)
+    d_loc, d_conf = whole.backward()
+    results = _shard_losses(inputs, size)
+    for parts, _ in results:      # every rank reports the global batch's loss and N
+        assert parts.num_pos == ref.num_pos == 15
+        np.testing.assert_allclose([parts.total, parts.conf, parts.loc], [ref.total, ref.conf, ref.loc],
+                                   rtol=1e-13)
+    # each rank's gradient is d(its terms)/N_global: stacked, the shards are the one-process gradient
+    np.testing.assert_allclose(np.concatenate([g[0] for _, g in results]), d_loc, rtol=1e-13, atol=1e-16)
+    np.testing.assert_allclose(np.concatenate([g[1] for _, g in results]), d_conf, rtol=1e-13, atol=1e-16)
+
+
+def test_a_per_rank_normaliser_would_be_wrong(rng):
+    # The same shards, each normalised by its own N: ranks with few positives are over-weighted
+    # (the shard with 1 positive divides by 1), and the average of the shard losses is not the loss.
+    inputs = _loss_inputs(rng)
+    ref = MultiBoxLoss().forward(*inputs)
+    results = _shard_losses(inputs, 4, comm_for=lambda comm: None)
+    mean_of_ratios = np.mean([parts.total for parts, _ in results])
+    assert abs(mean_of_ratios - ref.total) > 0.05 * ref.total
+
+
+def test_a_nan_on_one_rank_raises_on_every_rank(rng):
+    inputs = list(_loss_inputs(rng))
+    inputs[1] = inputs[1].copy()
+    inputs[1][3, 7, 2] = np.nan              # in rank 1's shard only
+
+    def fn(comm):
+        sl = slice(2 * comm.rank, 2 * comm.rank + 2)
+        with pytest.raises(NonFiniteError, match="1 of 2 ranks"):
+            MultiBoxLoss(comm=comm).forward(*(a[sl] for a in inputs))
+        return True
+
+    results, errors = run_ranks(2, fn)
+    assert errors == [None, None] and results == [True, True]
+
+
+def test_loss_with_one_process_comm_is_the_plain_loss(rng):
+    inputs = _loss_inputs(rng)
+    a, b = MultiBoxLoss(), MultiBoxLoss(comm=dist.SingleProcess())
+    assert a.forward(*inputs) == b.forward(*inputs)
+    for x, y in zip(a.backward(), b.backward()):
+        np.testing.assert_array_equal(x, y)
+
+
+# -- mpiexec -n 2 python -m minissd.train -------------------------------------------------------------
+TINY = ["--iterations", "3", "--batch-size", "4", "--train-limit", "16", "--val-dataset", "none",
+        "--test-dataset", "none", "--eval-every", "0", "--max-minutes", "0", "--progress", "none",
+        "--num-workers", "0", "--warmup", "1", "--lr", "0.01", "--log-every", "1"]
+
+FAIL_ON_RANK_1 = textwrap.dedent('''
+    import sys
+    from minissd import train
+    from minissd.training import trainer
+    real_step = trainer.train_step
+    calls = []
+
+    def step(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2 and trainer_rank() == 1:
+            raise RuntimeError("deliberate failure in step 2")
+        return real_step(*args, **kw)
+
+    def trainer_rank():
+        from mpi4py import MPI
+        return MPI.COMM_WORLD.Get_rank()
+
+    trainer.train_step = step
+    sys.exit(train.main(sys.argv[1:]))
+''')
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k not in dist.LAUNCHER_MARKER_VARS}
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+def run_job(args, n=2, script=None, timeout=TIMEOUT_S):
+    """``mpiexec -n n python -m minissd.train ARGS`` (or a script); (returncode, stdout, stderr).
+
+    A job still running at ``timeout`` is killed with its process group, and the test fails.
+    """
+    mpiexec = dist.find_mpiexec()
+    if mpiexec is None:
+        pytest.fail("mpi4py is installed but no mpiexec was found beside python or on PATH "
+                    "(pip install mpich provides one)")
+    target = [str(script)] if script else ["-m", "minissd.train"]
+    cmd = [mpiexec, "-n", str(n), sys.executable, *target, *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd)} still running after {timeout} s (hung collective?)\n"
+                    f"stdout:\n{out}\nstderr:\n{err}")
+    return proc.returncode, out, err
+
+
+def _one_process(out):
+    proc = subprocess.run([sys.executable, "-m", "minissd.train", *TINY, "--out", str(out)], env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The one-process run and the two-process run of the same 3 steps (global batch 4, seed 0)."""
+    if MPI4PY_REASON is not None:
+        pytest.skip(MPI4PY_REASON)
+    tmp = tmp_path_factory.mktemp("dp")
+    one = _one_process(tmp / "one")
+    rc, out, err = run_job([*TINY, "--out", str(tmp / "two")])
+    assert rc == 0, f"mpiexec -n 2 exited {rc}\nstdout:\n{out}\nstderr:\n{err}"
+    return {"one": one, "two": str(tmp / "two"), "stdout": out, "tmp": tmp}
+
+
+def _assert_same_training(ref_dir, got_dir):
+    ref, meta = load_checkpoint(os.path.join(ref_dir, "last.npz"))
+    got, _ = load_checkpoint(os.path.join(got_dir, "last.npz"))
+    assert sorted(ref) == sorted(got)
+    init = build_model_for(meta["train_config"], len(meta["class_names"]), meta["train_config"]["seed"])
+    init = init.state_dict()
+    worst = 0.0
+    for k in ref:
+        if ref[k].dtype.kind != "f":
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+            continue
+        start = init[k] if k in init else np.zeros_like(ref[k])    # momentum buffers start at 0
+        moved = np.abs(ref[k].astype(np.float64) - start).max()
+        diff = np.abs(got[k].astype(np.float64) - ref[k]).max()
+        assert diff <= TOLERANCE * moved, f"{k}: differs by {diff:.3g}, training moved it by {moved:.3g}"
+        worst = max(worst, diff / moved if moved else 0.0)
+    return worst
+
+
+@needs_mpi
+def test_two_processes_train_the_same_weights_as_one(runs):
+    _assert_same_training(runs["one"], runs["two"])
+    _, meta = load_checkpoint(os.path.join(runs["two"], "last.npz"))
+    assert meta["world_size"] == 2 and meta["iteration"] == 3
+    assert "data-parallel over 2 processes (2 images each, mpi)" in runs["stdout"]
+    # rank 0 alone printed (one summary line), and the logged losses are the global batch's
+    assert runs["stdout"].count("trained 3 iterations") == 1
+    from minissd.training.runlog import read_jsonl
+    a = read_jsonl(os.path.join(runs["one"], "metrics.jsonl"))
+    b = read_jsonl(os.path.join(runs["two"], "metrics.jsonl"))
+    assert [r["num_pos"] for r in a] == [r["num_pos"] for r in b]
+    np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], rtol=1e-6)
+
+
+@needs_mpi
+def test_resume_under_mpiexec_restores_every_rank(runs):
+    # Stop after 2 of the 3 steps, resume under mpiexec: the same weights as the uninterrupted
+    # two-process run, bit for bit (same shards, same reduction order). Were rank 1 not restored,
+    # its half of step 3's gradient would come from the initial weights.
+    out = str(runs["tmp"] / "two_resumed")
+    rc, _, err = run_job([*TINY, "--out", out, "--stop-at", "2"])
+    assert rc == 0, err
+    rc, stdout, err = run_job(["--resume", out, "--progress", "none"])
+    assert rc == 0, err
+    assert "resuming" in stdout
+    a, _ = load_checkpoint(os.path.join(runs["two"], "last.npz"))
+    b, meta = load_checkpoint(os.path.join(out, "last.npz"))
+    assert meta["iteration"] == 3
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+@needs_mpi
+def test_a_rank_that_raises_ends_the_job_naming_it(tmp_path):
+    script = tmp_path / "fail_on_rank_1.py"
+    script.write_text(FAIL_ON_RANK_1)
+    start = time.monotonic()
+    rc, out, err = run_job([*TINY, "--out", str(tmp_path / "run")], script=script)
+    assert rc != 0
+    assert "rank 1 of 2 failed: RuntimeError: deliberate failure in step 2" in err, err
+    assert "trained 3 iterations" not in out
+    assert time.monotonic() - start < TIMEOUT_S
+
+
+@needs_mpi
+def test_a_global_batch_that_does_not_split_is_a_one_line_error(tmp_path):
+    args = [a if a != "4" else "5" for a in TINY]   # --batch-size 5 over 2 processes
+    rc, _, err = run_job([*args, "--out", str(tmp_path / "run")])
+    assert rc != 0
+    assert "--batch-size 5 (the global batch) is not a multiple of the 2 processes" in err, err
+    assert "Traceback" not in err
