@@ -1,4 +1,4 @@
-"""Figure for docs/09-evaluation.md: precision/recall curves and the two kinds of VOC AP.
+"""Figure for docs/10-evaluation.md: precision/recall curves and the two kinds of VOC AP.
 
 The detections come from a simulated detector on the shapes test split, so the figure does not need a
 trained model: each object is found with probability 0.85 (a box jittered by a few pixels, a score that
