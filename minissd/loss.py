@@ -384,7 +384,7 @@ class MultiBoxLoss:
             raise ValueError(f"MultiBoxLoss: labels must lie in [0, {m - 1}] for M = {m} classes "
                              f"(0 = background), got values in [{got[0]}, {got[1]}]")
         if self.check_finite and not defer_finite:
-            for name, ok in zip(("loc", "conf"), got[2:]):
+            for name, ok in zip(("loc", "conf"), got[2:], strict=True):
                 if not ok:
                     raise NonFiniteError(f"MultiBoxLoss: {name} holds NaN or inf")
         return xp, all(got[2:])

@@ -202,7 +202,7 @@ def test_loss_with_one_process_comm_is_the_plain_loss(rng):
     inputs = _loss_inputs(rng)
     a, b = MultiBoxLoss(), MultiBoxLoss(comm=dist.SingleProcess())
     assert a.forward(*inputs) == b.forward(*inputs)
-    for x, y in zip(a.backward(), b.backward()):
+    for x, y in zip(a.backward(), b.backward(), strict=True):
         np.testing.assert_array_equal(x, y)
 
 
