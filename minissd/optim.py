@@ -11,7 +11,7 @@ PyTorch's torch.optim.SGD keeps the unscaled buffer instead, ``b_t = momentum * 
 ``w <- w - lr * b_t``. With a constant lr the two are the same iterates (v_t = lr * b_t; the tests
 check this against torch.optim.SGD). They differ right after the lr changes: PyTorch rescales the
 whole accumulated velocity at once, Caffe lets the old velocity decay at its old scale. We keep Caffe's
-form because it is what the authors' recipe (warmup, then steps of 10x) was tuned with, and because a
+form because it is what the authors' recipe (1e-3, then steps of 10x; no warmup) was tuned with, and because a
 10x lr drop then does not cut the velocity already in flight.
 
 Parameter groups (Caffe's ``param { lr_mult decay_mult }``): the SSD prototxts give every bias
