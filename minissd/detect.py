@@ -15,13 +15,15 @@ Walkthrough: docs/09-inference-and-nms.md
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import sys
 
 from .backend import DeviceError, resolve_device
 from .checkpoint import CheckpointError
+from .fileio import write_json_atomic
 from .inference import detect_images, load_inference_model, read_image
+from .training.runlog import one_line_warnings
 from .viz import save_detection_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
@@ -83,10 +85,30 @@ def _png_names(paths):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if not 0 <= args.threshold <= 1:
-            raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+        with one_line_warnings():
+            return _main(args)
+    except KeyboardInterrupt:
+        print("minissd.detect: interrupted (files already written are complete)", file=sys.stderr)
+        return 130
+
+
+def _main(args) -> int:
+    try:
+        for option, value in (("--threshold", args.threshold), ("--nms-threshold", args.nms_threshold)):
+            if not (math.isfinite(value) and 0 <= value <= 1):
+                raise ValueError(f"{option} must be in [0, 1], got {value}")
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise ValueError(f"--out {args.out}: is a file, not a directory; choose another --out")
+        if args.json is not None:
+            if os.path.isdir(args.json):
+                raise ValueError(f"--json {args.json}: is a directory; give a file name")
+            json_dir = os.path.dirname(os.path.abspath(args.json))
+            if not os.path.isdir(json_dir):
+                raise ValueError(f"--json {args.json}: the directory {json_dir} does not exist")
         paths = find_images(args.inputs)
         device = resolve_device(args.device)
         model, class_names, _ = load_inference_model(args.checkpoint, device)
@@ -101,13 +123,13 @@ def main(argv=None) -> int:
             dets = detect_images(model, images, device=device, batch_size=args.batch_size,
                                  score_threshold=args.threshold, nms_threshold=args.nms_threshold,
                                  top_k=args.top_k)
-            for k, (path, image, det) in enumerate(zip(group, images, dets)):
+            for k, (path, image, det) in enumerate(zip(group, images, dets, strict=True)):
                 keep = det["scores"] >= args.threshold
                 det = {key: v[keep] for key, v in det.items()}
                 h, w = image.shape[:2]
                 entries = [{"label": int(lab), "class": class_names[int(lab) - 1], "score": round(float(s), 4),
                             "box": [round(float(v), 2) for v in box]}
-                           for box, lab, s in zip(det["boxes"], det["labels"], det["scores"])]
+                           for box, lab, s in zip(det["boxes"], det["labels"], det["scores"], strict=True)]
                 rec = {"image": path, "width": int(w), "height": int(h), "detections": entries}
                 if not args.no_images:
                     png = os.path.join(args.out, names[start + k])
@@ -119,9 +141,7 @@ def main(argv=None) -> int:
                 print(f"{path}: {len(entries)} detection{'s' if len(entries) != 1 else ''}"
                       f"{': ' + summary + more if entries else ''}")
         json_path = args.json or os.path.join(args.out, "detections.json")
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump(records, f, indent=1)
-            f.write("\n")
+        write_json_atomic(json_path, records, indent=1)
         print(f"wrote {json_path}" + ("" if args.no_images else f" and {len(records)} PNGs in {args.out}"))
         return 0
     except (ValueError, DeviceError, CheckpointError, FileNotFoundError) as err:

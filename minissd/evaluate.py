@@ -19,7 +19,7 @@ Walkthrough: docs/09-inference-and-nms.md
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import sys
 import time
@@ -27,9 +27,11 @@ import time
 from . import metrics
 from .backend import DeviceError, resolve_device
 from .checkpoint import CheckpointError
+from .data import SkipUnreadable
 from .data.specs import open_data, parse_dataset_spec, with_split
-from .inference import evaluate_model, load_inference_model
-from .training.runlog import finite_or_none, format_ap_table
+from .fileio import write_json_atomic
+from .inference import count_objects, evaluate_model, load_inference_model
+from .training.runlog import finite_or_none, format_ap_table, one_line_warnings
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,9 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coco-json", metavar="PATH",
                    help="write the detections in the COCO results format (list of {image_id, category_id, "
                         "bbox [x, y, w, h], score})")
+    p.add_argument("--ap-thresholds", choices=metrics.AP_CONVENTIONS, default="exact",
+                   help="also print the VOC07 11-point mAP with another evaluator's recall thresholds: "
+                        "'python' (np.arange(0, 1.1, 0.1), py-faster-rcnn's voc_eval.py and most Python "
+                        "evaluators), 'matlab' (the devkit's 0:0.1:1), 'caffe' (the authors' DetectionEvaluate, "
+                        "recall in float32); the main number always uses exact k/10 (default: exact; "
+                        "docs/10-evaluation.md)")
     p.add_argument("--coco", action="store_true",
                    help="also compute COCO AP, AP50, AP75 with pycocotools (coco: datasets do by default)")
-    p.add_argument("--json", metavar="PATH", help="write the metrics as JSON")
+    p.add_argument("--json", metavar="PATH", help="write the metrics as JSON (its directory must exist)")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="leave images that cannot be read out of the mAP (each reported once and counted) "
+                        "instead of stopping with the file's name")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -104,13 +115,49 @@ def _dataset_spec(args, meta) -> str:
     return spec
 
 
+def _check_output(option, path):
+    """Refuse, before the evaluation, an output path that could not be written at its end."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path}: is a directory; give a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(f"{option} {path}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise ValueError(f"{option} {path}: the directory {directory} is not writable")
+
+
+def _check_unit_interval(option, value):
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise ValueError(f"{option} must be in [0, 1], got {value}")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        with one_line_warnings():
+            return _main(args)
+    except KeyboardInterrupt:
+        print("minissd.evaluate: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+def _main(args) -> int:
     try:
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.num_workers < 0:
+            raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
+        if args.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+        for option, value in (("--iou-threshold", args.iou_threshold), ("--score-threshold", args.score_threshold),
+                              ("--nms-threshold", args.nms_threshold)):
+            _check_unit_interval(option, value)
+        _check_output("--json", args.json)
+        _check_output("--coco-json", args.coco_json)
         device = resolve_device(args.device)
         model, class_names, meta = load_inference_model(args.checkpoint, device)
         spec = _dataset_spec(args, meta)
@@ -118,6 +165,15 @@ def main(argv=None) -> int:
         if list(dataset.class_names) != class_names:
             raise ValueError(f"the checkpoint's classes {class_names} differ from the dataset's "
                              f"{list(dataset.class_names)}")
+        if len(dataset) == 0:
+            raise ValueError(f"--dataset {spec!r}: holds no images (is its image list empty?)")
+        if count_objects(dataset) == 0:
+            raise ValueError(f"--dataset {spec!r}: its {len(dataset)} images hold no objects, so mAP is "
+                             "undefined (average precision needs ground truth)")
+        skipping = None
+        if args.skip_unreadable:
+            skipping = dataset = SkipUnreadable(
+                dataset, log=lambda m: print(f"warning: {m}", file=sys.stderr, flush=True), substitute=False)
         inclusive = args.inclusive_pixels
         if inclusive is None:
             inclusive = spec.startswith("voc:")
@@ -133,6 +189,10 @@ def main(argv=None) -> int:
         return 1
 
     n = result["num_images"]
+    if not math.isfinite(result["map07"]):   # e.g. every readable image without objects
+        print(f"minissd.evaluate: error: mAP is undefined: the {n} evaluated images of {spec} hold no "
+              "ground-truth objects", file=sys.stderr)
+        return 1
     print(format_ap_table(result, class_names,
                           f"{spec}: {n} images, IoU {args.iou_threshold}, "
                           f"{'inclusive' if inclusive else 'continuous'} pixels, {n / max(dt, 1e-9):.1f} images/s"))
@@ -141,7 +201,13 @@ def main(argv=None) -> int:
                "map07": result["map07"], "map_area": result["map_area"],
                "ap07": {class_names[k - 1]: v for k, v in result["ap07"].items()},
                "ap_area": {class_names[k - 1]: v for k, v in result["ap_area"].items()},
-               "num_gt": {class_names[k - 1]: v for k, v in result["num_gt"].items()}}
+               "num_gt": {class_names[k - 1]: v for k, v in result["num_gt"].items()},
+               "ap_thresholds": args.ap_thresholds,
+               "map07_by_thresholds": dict(result["voc"]["map_07_by_thresholds"])}
+    if skipping is not None:
+        summary["unreadable"] = skipping.summary()
+        if skipping.skipped:
+            print(f"unreadable images left out: {len(skipping.skipped)} (listed in --json's 'unreadable')")
 
     want_coco = args.coco or spec.startswith("coco:")
     if args.coco_json or want_coco:
@@ -149,11 +215,13 @@ def main(argv=None) -> int:
         if status:
             return status
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(finite_or_none(summary), f, indent=2, sort_keys=True)
-            f.write("\n")
-    print(f"mAP@{args.iou_threshold:g}: {result['map07']:.3f} (VOC07 11-point), "
-          f"{result['map_area']:.3f} (area)")
+        write_json_atomic(args.json, finite_or_none(summary), sort_keys=True)
+    other = ""
+    if args.ap_thresholds != "exact":
+        other = (f", {result['voc']['map_07_by_thresholds'][args.ap_thresholds]:.3f} "
+                 f"(VOC07 11-point, {args.ap_thresholds} thresholds)")
+    print(f"mAP@{args.iou_threshold:g}: {result['map07']:.3f} (VOC07 11-point, exact thresholds), "
+          f"{result['map_area']:.3f} (area){other}")
     return 0
 
 
@@ -171,15 +239,31 @@ def _coco(args, spec, dataset, result, class_names, summary, want_coco) -> int:
         print("COCO AP needs pycocotools, which is not installed: pip install 'minissd[coco]' "
               "(the VOC numbers above do not need it)", file=sys.stderr)
         return 0
+    source = _coco_source(dataset)
     try:
-        coco = metrics.coco_evaluate(result["detections"], result["ground_truths"], result["image_ids"],
-                                     class_names, sizes=result["sizes"])
+        if source is not None:   # the official numbers: pycocotools reads the file's own ground truth
+            coco = metrics.coco_evaluate_file(source.annotations, result["detections"], result["image_ids"],
+                                              source.label_to_category)
+        else:                    # other data: ground truth rebuilt from the boxes (area = w * h)
+            coco = metrics.coco_evaluate(result["detections"], result["ground_truths"], result["image_ids"],
+                                         class_names, sizes=result["sizes"])
     except Exception as err:
         print(f"minissd.evaluate: COCO evaluation failed: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     summary["coco"] = coco
     print("COCO: " + ", ".join(f"{k} {v:.3f}" for k, v in coco.items() if isinstance(v, float)))
     return 0
+
+
+def _coco_source(dataset):
+    """The COCODataset under ``dataset`` (through Subset / SkipUnreadable), or None for other data."""
+    for _ in range(8):
+        if hasattr(dataset, "annotations") and hasattr(dataset, "label_to_category"):
+            return dataset
+        dataset = getattr(dataset, "dataset", None)
+        if dataset is None:
+            return None
+    return None
 
 
 if __name__ == "__main__":

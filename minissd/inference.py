@@ -7,15 +7,16 @@
 ground truth, for `evaluate_model`'s VOC AP) and `detect_images` over a list of images of any size.
 The train, evaluate and detect commands all use these functions.
 
-Walkthrough: docs/11-inference.md
+Walkthrough: docs/09-inference-and-nms.md
 """
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from .backend import get_array_module, to_cpu, to_device
-from .data import DataLoader, EvalTransform, preprocess
+from .checkpoint import CheckpointError
+from .data import DataLoader, EvalTransform, is_placeholder, preprocess
+from .imageio import read_image  # noqa: F401  (the one image reader: every PIL mode by a stated rule)
 from .metrics import evaluate_detections
 from .model import load_model
 
@@ -33,19 +34,14 @@ def load_inference_model(path, device="cpu"):
     class_names = meta.get("class_names")
     if class_names is None:
         class_names = [f"class{i}" for i in range(1, model.num_classes)]
+    if (not isinstance(class_names, (list, tuple)) or len(class_names) != model.num_classes - 1
+            or not all(isinstance(n, str) for n in class_names)):
+        raise CheckpointError(f"checkpoint {str(path)!r}: its class_names {class_names!r} do not name its "
+                              f"{model.num_classes - 1} object classes (one string per class)")
     class_names = list(class_names)
     model.to(device)
     model.eval()
     return model, class_names, meta
-
-
-def read_image(path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read image {path!r}: {err}") from err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,6 +81,8 @@ def detect_batch(model, x, sizes, *, device="cpu", **detect_kwargs) -> list:
     ``labels`` (K,) in 1..C and ``scores`` (K,), by descending score. The one inference step of
     `predict` and `detect_images`.
     """
+    # A model saved in float64 (e.g. after a gradient check) runs on float64 input; float32 is a no-op.
+    x = np.asarray(x).astype(model.dtype, copy=False)
     loc, conf = model.forward(to_device(x, device))
     out = []
     for (h, w), d in zip(sizes, model.detect(clip_offsets(loc), conf, **detect_kwargs), strict=True):
@@ -117,12 +115,15 @@ def predict(model, dataset, *, batch_size=32, device="cpu", num_workers=0, detec
     in 1..C, ``scores`` (K,)), ``ground_truths`` (per image: ``boxes`` (G, 4), ``labels``,
     ``difficult``), ``image_ids``, ``sizes`` ((H, W) per image) and, for the first
     ``keep_images`` images, ``images`` (H, W, 3) uint8. None if ``should_stop()`` became true.
+    Placeholders of unreadable images (`minissd.data.SkipUnreadable` with ``substitute=False``) are
+    left out of every list, so the scores are over the readable images.
     """
     detect_kwargs = dict(detect_kwargs or {})
     transform = EvalTransform(model.image_size, mean=model.input_mean, std=model.input_std)
     loader = DataLoader(dataset, batch_size, transform, shuffle=False, seed=0,
                         num_workers=num_workers, drop_last=False)
     dets, gts, ids, sizes, images = [], [], [], [], []
+    seen = 0   # dataset index of the next image (placeholders included)
     bar = None
     if progress:
         from tqdm import tqdm  # optional dependency, only for the bar
@@ -134,6 +135,10 @@ def predict(model, dataset, *, batch_size=32, device="cpu", num_workers=0, detec
         batch_sizes = [(int(h), int(w)) for h, w in batch.sizes]
         out = detect_batch(model, batch.images, batch_sizes, device=device, **detect_kwargs)
         for j, (h, w) in enumerate(batch_sizes):
+            index, seen = seen, seen + 1
+            if is_placeholder(batch.ids[j]):
+                continue   # an unreadable image (SkipUnreadable, evaluation mode): scored over the others
+            dets.append(out[j])
             scale = np.array([w, h, w, h], dtype=np.float64)
             g = np.asarray(batch.boxes[j], dtype=np.float64).reshape(-1, 4) * scale
             diff = batch.difficult[j] if batch.difficult is not None else None
@@ -143,8 +148,7 @@ def predict(model, dataset, *, batch_size=32, device="cpu", num_workers=0, detec
             ids.append(str(batch.ids[j]))
             sizes.append((h, w))
             if len(images) < keep_images:
-                images.append(dataset.get(len(ids) - 1).image)
-        dets.extend(out)
+                images.append(dataset.get(index).image)
         if bar is not None:
             bar.update(len(out))
     if bar is not None:
@@ -153,6 +157,31 @@ def predict(model, dataset, *, batch_size=32, device="cpu", num_workers=0, detec
     if keep_images:
         result["images"] = images
     return result
+
+
+def count_objects(dataset):
+    """Ground-truth objects in ``dataset`` read from its annotations, without decoding an image; None
+    when the dataset cannot say (e.g. shapes, generated: every image has objects).
+
+    Sees through `Subset` and `SkipUnreadable`; VOC and COCO datasets keep their annotations in
+    ``records`` (``targets`` = boxes, labels, difficult/crowd). Used to refuse, before any work, data
+    whose mAP is undefined or that has nothing to learn from.
+    """
+    indices = None
+    while True:
+        own = getattr(dataset, "__dict__", {})   # not getattr: the wrappers forward unknown attributes
+        inner = own.get("dataset")
+        if inner is None:
+            break
+        if "indices" in own:
+            sel = list(own["indices"])
+            indices = sel if indices is None else [sel[i] for i in indices]
+        dataset = inner
+    records = getattr(dataset, "records", None)
+    if not isinstance(records, list) or not all(isinstance(r, dict) and "targets" in r for r in records):
+        return None
+    chosen = records if indices is None else [records[i] for i in indices]
+    return sum(len(r["targets"][1]) for r in chosen)
 
 
 # ----------------------------------------------------------------------------------------------

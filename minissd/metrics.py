@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .boxes import iou as box_iou
+from .fileio import write_text_atomic
 
 __all__ = ["AP_THRESHOLDS", "AP_CONVENTIONS", "voc_ap", "evaluate_detections", "match_detections", "coco_evaluate",
            "coco_evaluate_file",
@@ -443,13 +444,7 @@ def write_coco_results(path, detections, image_ids, label_to_category=None) -> i
         attribute, or None / a dataset without one (category id = label).
     """
     records = coco_results(detections, image_ids, label_to_category)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(records, f)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(records))   # complete or not at all (minissd/fileio.py)
     return len(records)
 
 

@@ -10,6 +10,10 @@ iteration is `minissd.training.train_step`::
     batch -> model.targets (match + encode) -> model.forward -> MultiBoxLoss forward/backward
           -> model.backward -> SGD step
 
+Data-parallel: ``mpiexec -n K python -m minissd.train ...`` trains on K processes (the ``mpi`` extra;
+``--batch-size`` is the global batch, split across them; rank 0 writes the run directory);
+docs/15-data-parallel.md.
+
 A run directory holds ``config.json`` (every option, resolved), ``metrics.jsonl`` (one JSON
 record per logged iteration and per evaluation), ``last.npz`` and ``best.npz`` (the whole
 training state: parameters, momentum, iteration, data-loader position, RNG state), and at the
@@ -17,23 +21,38 @@ end ``curves.png``, ``detections.png`` and ``results.json``. ``--resume RUN_DIR`
 ``last.npz`` exactly: on the CPU, a run interrupted and resumed ends with the same weights, bit
 for bit, as one that never stopped (tests/test_train.py checks it).
 
-Walkthrough: docs/07-training.md
+Walkthrough: docs/08-training.md
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
+import signal
 import sys
+
+if __name__ == "__main__":
+    # Ctrl-C or SIGTERM while the modules below load (numpy and the rest, ~0.4 s): nothing has been
+    # written yet, so one line and exit 130 (main() installs the handlers of the run itself).
+    def _interrupted_while_starting(signum, frame):
+        sys.stderr.write("minissd.train: interrupted while starting; nothing was written\n")
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+    signal.signal(signal.SIGTERM, _interrupted_while_starting)
+
+import argparse
+import math
+import shlex
 import time
 from collections import OrderedDict
 
 from .backend import DeviceError, resolve_device
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load_checkpoint
 from .data.specs import split_spec
+from .distributed import DistributedError, get_communicator
+from .fileio import read_json
 from .training import EXIT_INTERRUPTED, EXIT_NONFINITE, Trainer  # noqa: F401  (exit codes: re-exported)
-from .training.recipe import parse_milestones
+from .training.recipe import RECIPES, check_recipe, describe_recipe, parse_milestones, recipe_settings
+from .training.runlog import one_line_warnings, raise_keyboard_interrupt
 
 # Exit codes: 0 done, 1 error, 2 bad command line (argparse), 3 non-finite loss (EXIT_NONFINITE),
 # 130 Ctrl-C (EXIT_INTERRUPTED).
@@ -75,16 +94,24 @@ DEFAULTS = OrderedDict(
     augment="auto",         # shapes: flip; other data: ssd
     crop_min_scale=None,
     max_expand=None,
+    photometric=None,       # None: caffe with --augment ssd (the authors' variants); minissd: see --help
+    crop=None,
+    resize=None,
+    difficult="drop",       # VOC difficult objects in training: drop (minissd) or train (Caffe's)
+    recipe=None,            # --recipe NAME: a preset of the options above (minissd/training/recipe.py)
+    init=None,              # --init: a VGG16 trunk file (python -m minissd.convert)
+    weights=None,           # --weights: a whole minissd model file
     max_minutes=9.5,
     stop_at=None,
     progress="auto",
+    skip_unreadable=False,
 )
 
 # Options that may change on --resume. All but lr and warmup leave the computation as it was; those
 # two are there to rescue a run whose loss diverged (continue from the last good state, more gently).
 RESUME_OVERRIDABLE = ("lr", "warmup", "iterations", "epochs", "device", "num_workers", "eval_every", "val_limit",
                       "test_limit", "checkpoint_every", "log_every", "max_minutes", "stop_at",
-                      "progress", "test_dataset", "val_dataset")
+                      "progress", "test_dataset", "val_dataset", "skip_unreadable")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,7 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
             "      --val-dataset voc:data/VOCdevkit/VOC2007:test --model ssd300 --device cuda \\\n"
             "      --batch-size 32 --lr 1e-3 --iterations 120000 --milestones 80000,100000\n"
             "  python -m minissd.train --resume runs/quick              # continue after Ctrl-C\n\n"
-            "exit status: 0 done, 1 error, 2 bad arguments, 3 loss became NaN/inf, 130 interrupted."),
+            "unreadable images (missing, truncated, corrupt, a mode that cannot be read): by default the\n"
+            "  run stops with one line naming the file, after saving its state (last.npz), so --resume\n"
+            "  continues from there once the file is fixed (or with --skip-unreadable); with it each one\n"
+            "  is reported once and counted (results.json 'unreadable'): training uses the next readable\n"
+            "  image in its place, evaluation leaves it out of the mAP.\n"
+            "divergence guard: a checkpoint replaces last.npz only when the state is healthy: every\n"
+            "  parameter finite, the weight norm at most 2x and the largest |w| at most 4x their values\n"
+            "  at the last saved state (or at the start). A loss that turns NaN/inf, or an unhealthy\n"
+            "  state at a checkpoint, stops the\n"
+            "  run (exit 3) with the command to continue: --resume RUN --lr LOWER from the last healthy\n"
+            "  state, or a fresh run with a lower --lr when none was saved yet.\n"
+            "Ctrl-C or SIGTERM: finishes the step, saves last.npz and exits 130 (twice: at once).\n\n"
+            "exit status: 0 done, 1 error, 2 bad arguments, 3 loss became NaN/inf (diverged), 130 interrupted."),
     )
     g = p.add_argument_group("data")
     g.add_argument("--dataset", metavar="SPEC",
@@ -140,14 +179,40 @@ def build_parser() -> argparse.ArgumentParser:
                         "Caffe 0.3; default: the transform's own)")
     g.add_argument("--max-expand", type=float, metavar="X",
                    help="largest zoom-out factor (paper 4; default: the transform's own)")
+    g.add_argument("--photometric", choices=("caffe", "minissd"),
+                   help="--augment ssd's hue shift: 'caffe' is ssd_pascal.py's (hue_delta 18 in OpenCV units of "
+                        "2 degrees: +-36 degrees, clamped at hue 0), 'minissd' +-18 degrees wrapping around "
+                        "(default: caffe)")
+    g.add_argument("--crop", choices=("caffe", "minissd"),
+                   help="--augment ssd's crop samplers: 'caffe' tests only the IoU (objects kept by centre, "
+                        "a patch may keep none), 'minissd' also needs one object centre in the patch "
+                        "(default: caffe)")
+    g.add_argument("--resize", choices=("caffe", "minissd"),
+                   help="--augment ssd's resize: 'caffe' picks one of 5 interpolations at random per image "
+                        "(linear, area, nearest, cubic, lanczos), 'minissd' is bilinear (default: caffe)")
+    g.add_argument("--difficult", choices=("train", "drop"),
+                   help="VOC objects marked difficult in the training data: 'train' on them as the authors' "
+                        "Caffe code does (use_difficult_gt), or 'drop' them; evaluation always ignores them "
+                        f"(default: {d['difficult']}; --recipe: train)")
     g.add_argument("--num-workers", type=int, metavar="N",
                    help="background workers that decode and augment batches; 0 does it in the "
                         f"training loop (default: {d['num_workers']})")
+    g.add_argument("--skip-unreadable", action="store_true", default=None,
+                   help="skip images that cannot be read instead of stopping: each is reported once and "
+                        "counted (results.json), training uses the next readable image in its place and "
+                        "evaluation leaves it out of the mAP (default: stop with the file's name, state saved)")
 
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=("small", "ssd300", "ssd512"),
                    help="'small' is the 128-px CPU model, 'ssd300'/'ssd512' the paper's VGG16 networks "
                         f"(default: {d['model']})")
+    g.add_argument("--init", metavar="TRUNK_NPZ",
+                   help="start ssd300/ssd512 from a VGG16 trunk file (made by python -m minissd.convert from "
+                        "torchvision's ImageNet vgg16 or the reduced-fc VGG16): trunk only, extras and heads "
+                        "fresh, as the paper fine-tunes; its input normalisation becomes the model's")
+    g.add_argument("--weights", metavar="MODEL_NPZ",
+                   help="start from a whole minissd model file (e.g. a converted torchvision ssd300_vgg16), "
+                        "checked against --model and the classes")
     g.add_argument("--device", metavar="DEV",
                    help="'cpu' or 'cuda' (CuPy); default: $MINISSD_DEVICE, else cpu")
     g.add_argument("--match", choices=("bipartite", "best_prior"),
@@ -160,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"hard negatives kept per positive (default: {d['neg_pos_ratio']})")
 
     g = p.add_argument_group("optimisation")
+    g.add_argument("--recipe", choices=tuple(RECIPES),
+                   help="the authors' VOC recipe (ssd_pascal.py) for --model ssd300/ssd512 on --dataset voc:..: "
+                        "batch 32, SGD lr 1e-3, momentum 0.9, weight decay 5e-4, multistep x0.1 at 80k and "
+                        "100k of 120k iterations (caffe-voc07: 40k, 50k of 60k), no warmup, no time budget, "
+                        "Caffe's augmentation, --difficult train; options typed override it; the settings "
+                        "print at start (docs/16-reproducing-the-paper.md)")
     g.add_argument("--iterations", type=int, metavar="N",
                    help=f"SGD steps to train (default: {d['iterations']})")
     g.add_argument("--epochs", type=float, metavar="E",
@@ -218,11 +289,23 @@ def parse_config(argv=None) -> tuple[dict, dict]:
     args = build_parser().parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}
     config = dict(DEFAULTS)
+    config.update(recipe_settings(given.get("recipe")))   # --recipe: its preset; options typed win
     config.update({k: v for k, v in given.items() if k != "resume"})
     return config, given
 
 
 def _check_config(c: dict) -> None:
+    for key in ("lr", "momentum", "weight_decay", "gamma", "match_threshold", "neg_pos_ratio", "epochs",
+                "max_minutes", "crop_min_scale", "max_expand"):
+        if c.get(key) is not None and not math.isfinite(c[key]):
+            raise ValueError(f"--{key.replace('_', '-')} must be a finite number, got {c[key]}"
+                             + (" (0 means no limit)" if key == "max_minutes" else ""))
+    if c["seed"] is None or not 0 <= c["seed"] < 2 ** 63:
+        raise ValueError(f"--seed must be an integer >= 0, got {c['seed']}")
+    if c["neg_pos_ratio"] < 0:
+        raise ValueError(f"--neg-pos-ratio must be >= 0, got {c['neg_pos_ratio']}")
+    if c["gamma"] <= 0:
+        raise ValueError(f"--gamma must be > 0, got {c['gamma']}")
     positive = ("batch_size", "log_every")
     for key in positive:
         if c[key] is None or c[key] < 1:
@@ -254,6 +337,10 @@ def resolve_augment(c: dict) -> None:
     """--augment auto: 'flip' for the built-in shapes stream, the paper's 'ssd' for real data."""
     if c["augment"] == "auto":
         c["augment"] = "flip" if c["dataset"].partition(":")[0] == "shapes" else "ssd"
+    if c["augment"] == "ssd":   # the authors' variants unless told otherwise (docs/16-reproducing-the-paper.md)
+        for key in ("photometric", "crop", "resize"):
+            if c.get(key) is None:
+                c[key] = "caffe"
 
 
 def resolve_eval_specs(c: dict) -> None:
@@ -270,6 +357,8 @@ def resolve_eval_specs(c: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 def _new_run_dir(c: dict) -> str:
     if c["out"]:
+        if os.path.exists(c["out"]) and not os.path.isdir(c["out"]):
+            raise ValueError(f"--out {c['out']}: is a file, not a directory; choose another --out")
         return c["out"]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = os.path.join("runs", stamp)
@@ -281,34 +370,110 @@ def _new_run_dir(c: dict) -> str:
 
 
 def main(argv=None) -> int:
+    """The command: exit status 0 done, 1 error, 2 bad command line, 3 diverged, 130 interrupted."""
+    previous = {}
+    try:   # Ctrl-C and SIGTERM raise KeyboardInterrupt (the training loop installs its own handlers)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    except (ValueError, AttributeError):   # not the main thread / no SIGTERM
+        pass
+    try:
+        with one_line_warnings():
+            return _main(argv)
+    except KeyboardInterrupt:   # before the Trainer took over: nothing of the run was written
+        print("minissd.train: interrupted before training started; nothing to resume", file=sys.stderr,
+              flush=True)
+        return EXIT_INTERRUPTED
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def fresh_command(given: dict, **changes) -> str:
+    """The command line of a new run with the options ``given`` (as typed), ``changes`` applied."""
+    options = {k: v for k, v in given.items() if k != "resume"}
+    options.update(changes)
+    words = ["python", "-m", "minissd.train"]
+    for key, value in options.items():
+        if value is True:
+            words.append(f"--{key.replace('_', '-')}")
+        elif value is not None and value is not False:
+            words += [f"--{key.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+    return shlex.join(words)
+
+
+def _main(argv=None) -> int:
     try:
         config, given = parse_config(argv)
         resume_dir = given.get("resume")
         if resume_dir:
+            for key in ("init", "weights"):
+                if key in given:
+                    raise ValueError(f"--{key} cannot be given with --resume: the weights come from the "
+                                     f"checkpoint ({os.path.join(resume_dir, 'last.npz')})")
             config = _resume_config(resume_dir, given)
             run_dir = resume_dir
         else:
             _check_config(config)
+            check_recipe(config)
             resolve_eval_specs(config)
             resolve_augment(config)
+            if config["recipe"]:
+                print(describe_recipe(config, given), flush=True)
             run_dir = _new_run_dir(config)
             if os.path.exists(os.path.join(run_dir, "last.npz")):
                 raise ValueError(f"{run_dir} already holds a run (last.npz); continue it with "
                                  f"--resume {run_dir}, or choose another --out")
         config["device"] = resolve_device(config["device"])
-        return Trainer(config, run_dir, resume=bool(resume_dir),
-                       length_given="iterations" in given or "epochs" in given).run()
+        # Under mpiexec: MPI (cpu) or NCCL (cuda, one GPU per local rank), before any array is made.
+        comm = get_communicator(config["device"])
+        run_dir = comm.bcast(run_dir)   # a time-stamped default may differ by a second between ranks
+        if comm.local_size > 1 and not os.environ.get("MINISSD_NUM_THREADS"):
+            # K processes on one machine share its cores (as OMP_NUM_THREADS under torchrun)
+            from .nn import get_num_threads, set_num_threads
+            set_num_threads(max(1, get_num_threads() // comm.local_size))
+        with comm.guard():   # a rank that fails ends the whole job, naming itself (never a hang)
+            try:
+                trainer = Trainer(config, run_dir, resume=bool(resume_dir), comm=comm,
+                                  length_given="iterations" in given or "epochs" in given)
+                # the divergence advice, when no state was saved yet: this command with a lower --lr
+                trainer.fresh_command = lambda **changes: fresh_command(dict(given, out=run_dir), **changes)
+                return trainer.run()
+            except (ValueError, DeviceError, CheckpointError, FileNotFoundError) as err:
+                if comm.size > 1:   # the one-line error, then every rank ends
+                    comm.abort(f"minissd.train: error: {err}")
+                raise
+    except DistributedError as err:
+        print(f"minissd.train: error: {err}", file=sys.stderr)
+        return 1
     except (ValueError, DeviceError, CheckpointError, FileNotFoundError) as err:
         print(f"minissd.train: error: {err}", file=sys.stderr)
         return 1
 
 
 def _resume_config(run_dir: str, given: dict) -> dict:
+    """The run's config: its config.json; if that is damaged, the copy every checkpoint holds."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(f"--resume {run_dir}: is a file, not a run directory")
     path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
+    last = os.path.join(run_dir, "last.npz")
+    if not os.path.exists(path) and not os.path.exists(last):
         raise ValueError(f"--resume {run_dir}: no config.json there; is it a minissd run directory?")
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    try:
+        config = read_json(path)
+        problem = None if isinstance(config, dict) else f"{path}: not a JSON object"
+    except ValueError as err:
+        problem = str(err)
+    if problem is not None:
+        if not os.path.exists(last):
+            raise ValueError(f"--resume {run_dir}: {problem}, and there is no last.npz to resume from")
+        _, meta = load_checkpoint(last)
+        config = meta.get("train_config")
+        if not isinstance(config, dict):
+            raise ValueError(f"--resume {run_dir}: {problem}, and {last} holds no training config")
+        print(f"warning: {problem}; using the training config recorded in {last} (config.json is rewritten)",
+              file=sys.stderr, flush=True)
     for key, value in given.items():
         if key in ("resume", "out"):
             continue

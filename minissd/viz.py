@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from .fileio import atomic_write
+
 # Ten colours that stay distinct on photos and on the shapes dataset's cluttered backgrounds.
 PALETTE = (
     "#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231",
@@ -199,4 +201,6 @@ def _save(fig, path):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fig.savefig(path)
+    # atomically (minissd/fileio.py): a reader, or a kill, never meets a half-written figure
+    with atomic_write(path, "wb") as f:
+        fig.savefig(f, format=os.path.splitext(path)[1][1:].lower() or "png")

@@ -75,8 +75,9 @@ def test_evaluate_reports_bad_checkpoint(tmp_path):
 
 
 def test_detect(trained, tmp_path):
-    from minissd.data import ShapesDataset
     from PIL import Image
+
+    from minissd.data import ShapesDataset
 
     images = tmp_path / "images"
     images.mkdir()
@@ -107,3 +108,68 @@ def test_detect_reports_missing_input(trained, tmp_path):
     proc = cli("minissd.detect", "--checkpoint", os.path.join(trained[0], "last.npz"),
                str(tmp_path / "nope.jpg"), expect=1)
     assert "nope.jpg" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_while_starting_exits_130_in_one_line(tmp_path):
+    # SIGINT or SIGTERM while the modules load or the run is set up: exit 130, no traceback, nothing to
+    # resume. (A signal inside the interpreter's own start-up, before any minissd code runs, is Python's
+    # business: such an attempt is retried later.)
+    import signal
+    import time
+
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    landed = 0
+    for k, (sig, delay) in enumerate([(signal.SIGINT, 0.3), (signal.SIGTERM, 0.3), (signal.SIGINT, 0.6),
+                                      (signal.SIGTERM, 0.6), (signal.SIGINT, 1.0), (signal.SIGTERM, 1.0)]):
+        out = tmp_path / f"run{k}"
+        proc = subprocess.Popen([sys.executable, "-m", "minissd.train", "--out", str(out), "--progress", "none"],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        if "Fatal Python error" in err:   # still inside the interpreter's start-up
+            continue
+        landed += 1
+        assert proc.returncode == 130, (sig, delay, proc.returncode, err)
+        assert "Traceback" not in err, err
+        if "interrupt" not in err.splitlines()[0] or "before training" in err or "while starting" in err:
+            assert len(err.strip().splitlines()) == 1, err
+        assert not (out / "last.npz").exists() or "resume" in err
+    assert landed >= 2
+
+
+def test_detect_with_a_float64_checkpoint(trained, tmp_path):
+    # A model saved in float64 runs on float64 input (no hint to Python options the CLI does not have).
+    from PIL import Image
+
+    from minissd.model import load_model, save_model
+
+    model, meta = load_model(os.path.join(trained[0], "last.npz"))
+    model.astype(np.float64)
+    path = save_model(str(tmp_path / "f64.npz"), model, {"class_names": meta["class_names"]})
+    Image.fromarray(np.full((20, 30, 3), 128, np.uint8)).save(tmp_path / "gray.png")
+    proc = cli("minissd.detect", "--checkpoint", path, str(tmp_path / "gray.png"), "--out", str(tmp_path / "d"))
+    assert "gray.png" in proc.stdout
+
+
+def test_warnings_print_one_line_without_source(tmp_path):
+    # A dataset warning (a box outside its image, dropped) prints as one line, no Python source line.
+    voc = tmp_path / "VOCdevkit" / "VOC2007"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True)
+    from PIL import Image
+
+    for i in range(2):
+        (voc / "Annotations" / f"{i}.xml").write_text(
+            f"<annotation><filename>{i}.jpg</filename><size><width>40</width><height>30</height></size>"
+            "<object><name>dog</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>20</xmax><ymax>20</ymax>"
+            "</bndbox></object><object><name>cat</name><bndbox><xmin>30</xmin><ymin>5</ymin><xmax>20</xmax>"
+            "<ymax>20</ymax></bndbox></object></annotation>")
+        Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(voc / "JPEGImages" / f"{i}.jpg")
+    (voc / "ImageSets" / "Main" / "trainval.txt").write_text("0\n1\n")
+    proc = cli("minissd.train", "--dataset", f"voc:{voc}", "--batch-size", "2", "--iterations", "1",
+               "--val-dataset", "none", "--test-dataset", "none", "--progress", "none", "--num-workers", "0",
+               "--augment", "none", "--out", str(tmp_path / "run"))
+    warns = [line for line in proc.stderr.splitlines() if "BadDataWarning" in line]
+    assert warns and all(line.startswith("warning: ") for line in warns), proc.stderr
+    assert "warnings.warn" not in proc.stderr and ".py:" not in proc.stderr, proc.stderr

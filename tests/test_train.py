@@ -248,3 +248,189 @@ def test_fractional_milestones():
     assert sched(4) == pytest.approx(0.1) and sched(5) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="--milestones"):
         recipe.parse_milestones({"milestones": "2.5"}, 10)
+
+
+# -- reliability (issue 16) ------------------------------------------------------------------------
+def test_sigterm_is_handled_like_ctrl_c(tmp_path, reference_run, monkeypatch):
+    from minissd.loss import MultiBoxLoss
+
+    calls = {"n": 0}
+    forward = MultiBoxLoss.forward
+
+    def terminating_forward(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(MultiBoxLoss, "forward", terminating_forward)
+    code, out = run(tmp_path, "term", "--iterations", "4", "--num-workers", "1")
+    assert code == train.EXIT_INTERRUPTED
+    _, meta = arrays_of(os.path.join(out, "last.npz"))
+    assert meta["iteration"] == 2
+    monkeypatch.setattr(MultiBoxLoss, "forward", forward)
+    assert train.main(["--resume", out, "--progress", "none"]) == 0
+    assert_bitwise_equal(arrays_of(os.path.join(reference_run, "last.npz"))[0],
+                         arrays_of(os.path.join(out, "last.npz"))[0])
+    assert signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None) or callable(signal.getsignal(signal.SIGTERM))
+
+
+def _val_records(out):
+    return [(r["iteration"], r["map"], r["ap"]) for r in runlog.read_jsonl(os.path.join(out, "metrics.jsonl"))
+            if r.get("split") == "val"]
+
+
+def test_ctrl_c_during_validation_is_redone_on_resume(tmp_path, monkeypatch):
+    # Ctrl-C while the periodic validation at iteration 2 runs: the state records it as pending, and the
+    # resumed run does it first, so the metrics log holds the same validations as an uninterrupted run.
+    from minissd.training import trainer as trainer_mod
+
+    args = ["--iterations", "4", "--eval-every", "2", "--val-dataset", "shapes:val", "--val-limit", "2",
+            "--num-workers", "0"]
+    code, ref = run(tmp_path, "ref", *args)
+    assert code == 0
+    real = trainer_mod.evaluate_model
+    calls = {"n": 0}
+
+    def interrupted(*a, should_stop=None, **k):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)   # the flag is set; the evaluation sees should_stop()
+        return real(*a, should_stop=should_stop, **k)
+
+    monkeypatch.setattr(trainer_mod, "evaluate_model", interrupted)
+    code, out = run(tmp_path, "cut", *args)
+    assert code == train.EXIT_INTERRUPTED
+    _, meta = arrays_of(os.path.join(out, "last.npz"))
+    assert meta["iteration"] == 2 and meta["pending_eval"] == 2
+    assert _val_records(out) == []
+    monkeypatch.setattr(trainer_mod, "evaluate_model", real)
+    assert train.main(["--resume", out, "--progress", "none"]) == 0
+    assert _val_records(out) == _val_records(ref) and [r[0] for r in _val_records(ref)] == [2, 4]
+
+
+def test_diverged_weights_are_never_kept_and_the_advice_runs(tmp_path, capsys):
+    # --lr 1e4 multiplies the weight norm by ~5e4 in one step: the state after iteration 1 is not
+    # healthy, so no last.npz is written, the run stops (exit 3), and the advice is a fresh run (no
+    # --resume of a checkpoint that does not exist) at a tenth of the rate.
+    code, out = run(tmp_path, "lr", "--iterations", "3", "--num-workers", "0", "--lr", "1e4", "--warmup", "0",
+                    "--checkpoint-every", "1")
+    assert code == train.EXIT_NONFINITE
+    err = capsys.readouterr().err
+    assert not os.path.exists(os.path.join(out, "last.npz"))
+    assert "weight norm grew" in err and "--resume" not in err
+    advice = err.split("Try a lower learning rate or a longer warmup: ")[1].split(" starts the run again")[0]
+    assert advice.startswith("python -m minissd.train ") and "--lr 1000" in advice and f"--out {out}" in advice
+    argv = advice.split()[3:]
+    argv[argv.index("--lr") + 1] = "0.01"   # (a tenth would still diverge; the command itself is valid)
+    assert train.main(argv) == 0
+
+
+def test_nan_after_a_healthy_checkpoint_advises_a_resume_that_works(tmp_path, monkeypatch, capsys):
+    from minissd.loss import LossParts, MultiBoxLoss
+
+    forward = MultiBoxLoss.forward
+    calls = {"n": 0}
+
+    def nan_at_3(self, *a, **k):
+        calls["n"] += 1
+        parts = forward(self, *a, **k)
+        return LossParts(float("nan"), parts.conf, parts.loc, parts.num_pos) if calls["n"] == 3 else parts
+
+    monkeypatch.setattr(MultiBoxLoss, "forward", nan_at_3)
+    code, out = run(tmp_path, "nan", "--iterations", "4", "--num-workers", "0", "--checkpoint-every", "2")
+    assert code == train.EXIT_NONFINITE
+    err = capsys.readouterr().err
+    advice = err.split("longer warmup: ")[1].split(" continues from")[0]
+    assert advice == f"python -m minissd.train --resume {out} --lr 0.001"
+    monkeypatch.setattr(MultiBoxLoss, "forward", forward)
+    assert train.main(advice.split()[3:] + ["--progress", "none"]) == 0
+
+
+def test_health_rule_bounds(tmp_path):
+    from minissd.training import trainer as trainer_mod
+
+    t = trainer_mod.Trainer.__new__(trainer_mod.Trainer)
+
+    class FakeModel:
+        def __init__(self, w):
+            self.w = np.asarray(w, np.float32)
+
+        def named_parameters(self):
+            yield "w", self.w, None
+
+    t.model = FakeModel([3.0, 4.0])
+    t._w_ref = t._weight_norm()
+    assert t._w_ref == (5.0, 4.0) and t._health(1)[1] is None
+    t.model = FakeModel([6.0, 7.9])       # norm x1.99, max x1.98: healthy
+    assert t._health(1)[1] is None
+    t.model = FakeModel([0.0, 10.1])      # norm x2.02: not
+    assert "weight norm grew" in t._health(1)[1]
+    t.model = FakeModel([np.nan, 1.0])
+    assert "NaN" in t._health(1)[1]
+
+
+def test_damaged_config_json_falls_back_to_the_checkpoint(tmp_path, capsys):
+    code, out = run(tmp_path, "cfg", "--iterations", "2", "--stop-at", "1", "--num-workers", "0")
+    assert code == 0
+    good = json.load(open(os.path.join(out, "config.json")))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        f.write('{"lr": 0.01, "batch')
+    assert train.main(["--resume", out, "--progress", "none"]) == 0
+    assert "config.json" in capsys.readouterr().err
+    assert json.load(open(os.path.join(out, "config.json"))) == dict(good, stop_at=None)   # rewritten, whole
+
+
+def test_temp_files_of_a_killed_write_are_removed_at_start(tmp_path, capsys):
+    code, out = run(tmp_path, "tmp", "--iterations", "2", "--stop-at", "1", "--num-workers", "0")
+    assert code == 0
+    stale = os.path.join(out, ".tmp-999999999-0123456789abcdef.npz")   # no such process
+    open(stale, "wb").write(b"x" * 1000)
+    assert train.main(["--resume", out, "--progress", "none"]) == 0
+    assert not os.path.exists(stale)
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+
+
+def test_ctrl_c_in_the_final_evaluation_exits_130_and_resume_redoes_it(tmp_path, monkeypatch, capsys):
+    from minissd.training import trainer as trainer_mod
+
+    real = trainer_mod.evaluate_model
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod, "evaluate_model", interrupted)
+    code, out = run(tmp_path, "fin", "--iterations", "2", "--num-workers", "0", "--test-dataset", "shapes:test",
+                    "--test-limit", "2")
+    assert code == train.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "final evaluation" in err and "--resume" in err
+    monkeypatch.setattr(trainer_mod, "evaluate_model", real)
+    assert train.main(["--resume", out, "--progress", "none"]) == 0
+    tests = [r for r in runlog.read_jsonl(os.path.join(out, "metrics.jsonl")) if r.get("split") == "test"]
+    assert [r["iteration"] for r in tests] == [2]
+    assert "wall time " in capsys.readouterr().out
+
+
+def test_format_duration():
+    from minissd.training.trainer import format_duration
+
+    assert format_duration(0.4) == "0.4 s" and format_duration(90) == "1.5 min" and format_duration(7200) == "2.00 h"
+
+
+def test_no_objects_in_training_data_is_refused(tmp_path):
+    from minissd.inference import count_objects
+
+    class Records:
+        class_names = ("a",)
+        records = [{"targets": (np.zeros((0, 4)), np.zeros(0, np.int64), np.zeros(0, bool))}] * 3
+
+        def __len__(self):
+            return len(self.records)
+
+    assert count_objects(Records()) == 0
+    from minissd.data import SkipUnreadable, Subset
+
+    assert count_objects(SkipUnreadable(Subset(Records(), [0, 1]))) == 0
+    Records.records = Records.records[:2] + [{"targets": (np.zeros((2, 4)), np.ones(2, np.int64), np.zeros(2, bool))}]
+    assert count_objects(Records()) == 2 and count_objects(Subset(Records(), [0, 1])) == 0

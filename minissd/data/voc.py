@@ -232,7 +232,8 @@ class VOCDataset:
             if name not in self._index:
                 if self._on_unknown_class == "error":
                     raise ValueError(f"{where}: unknown class name {name!r}; class_names are {list(self.class_names)} "
-                                     "(pass class_names=..., or on_unknown_class='drop')")
+                                     f"(list every class, one per line, in {os.path.join(self.root, CLASSES_FILE)}; "
+                                     "from Python: class_names=... or on_unknown_class='drop')")
                 self.checker.drop_unknown(name, where)
                 continue
             is_difficult = obj.findtext("difficult", "0") not in ("0", "")

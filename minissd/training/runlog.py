@@ -2,15 +2,21 @@
 
 metrics.jsonl holds one JSON object per line: a record per logged iteration (loss parts, lr,
 images/s), per evaluation (split, mAP, per-class AP) and per time plan. NaN (the AP of a class
-without ground truth) is written as null, so the file is strict JSON.
+without ground truth) is written as null, so the file is strict JSON. It is the one file of a run
+directory that grows by appending (a line at a time) instead of being replaced atomically: a kill can
+cut its last line, which `read_jsonl` skips, and a resume rewrites it atomically (`truncate_jsonl`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import signal
 import sys
+import warnings
+
+from ..fileio import write_text_atomic
 
 
 def finite_or_none(value):
@@ -46,15 +52,17 @@ def read_jsonl(path) -> list:
     return out
 
 
-def truncate_jsonl(path, iteration: int) -> None:
-    """On resume, drop records written after the checkpoint's ``iteration``, so the log matches the state."""
+def truncate_jsonl(path, iteration: int, drop_evaluations: bool = False) -> None:
+    """On resume, drop records written after the checkpoint's ``iteration``, so the log matches the state.
+
+    ``drop_evaluations``: also drop the evaluation records (those with a ``split``) of ``iteration``
+    itself, when the state says they are to be redone (an interrupted validation, the final evaluation).
+    The file is replaced atomically.
+    """
     records = read_jsonl(path)
-    keep = [r for r in records if r.get("iteration", 0) <= iteration]
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in keep:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    keep = [r for r in records if r.get("iteration", 0) <= iteration
+            and not (drop_evaluations and "split" in r and r.get("iteration") == iteration)]
+    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
 
 
 def format_ap_table(result: dict, class_names, title: str) -> str:
@@ -124,28 +132,57 @@ class Progress:
             self.bar = None
 
 
+# SIGTERM (kill, a batch scheduler's time limit, docker stop) is handled like Ctrl-C.
+SIGNALS = (signal.SIGINT,) + ((signal.SIGTERM,) if hasattr(signal, "SIGTERM") else ())
+
+
 class Interrupt:
-    """First Ctrl-C sets a flag the loop checks between iterations; a second one aborts at once."""
+    """First Ctrl-C (or SIGTERM) sets a flag the loop checks between iterations; a second one aborts at once."""
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread (e.g. called from a test runner thread)
-            self._previous = None
+        for sig in SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread (e.g. called from a test runner thread)
+                pass
         return self
 
     def _handler(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort "
+        what = "SIGTERM" if signum == getattr(signal, "SIGTERM", None) else "interrupt"
+        print(f"\n{what}: finishing this step, then saving a checkpoint (Ctrl-C again to abort "
               "without saving)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            if previous is not None:
+                signal.signal(sig, previous)
+        self._previous = {}
         return False
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """Within the block, a warning prints as ``warning: <message> (<Category>)``: one line, without
+    the Python file, line number and source line the default format adds (commands use it)."""
+    previous = warnings.formatwarning
+
+    def _format(message, category, filename, lineno, line=None):
+        return f"warning: {message} ({category.__name__})\n"
+
+    warnings.formatwarning = _format
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
+def raise_keyboard_interrupt(signum, frame):
+    """A signal handler: SIGTERM outside the training loop ends the command as Ctrl-C would."""
+    raise KeyboardInterrupt

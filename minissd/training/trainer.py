@@ -7,10 +7,15 @@
 
 The run directory's files are described in minissd/train.py; the time plan in budget.py; the
 checkpoint layout in state.py.
+
+Data-parallel (``comm`` of K > 1 processes, `minissd.distributed`; docs/15-data-parallel.md): every
+rank builds the same model from the same seed (then rank 0's weights are broadcast), draws its shard
+of each global batch, and the step sums the gradients (`GradientBucket`); only rank 0 writes the run
+directory, logs, evaluates and checkpoints. What steers the loop is agreed: the stop flag
+(Ctrl-C/SIGTERM) every iteration, and rank 0's time plan.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -22,18 +27,22 @@ import numpy as np
 from .. import viz
 from ..backend import get_array_module
 from ..checkpoint import load_checkpoint
-from ..data import DataLoader, Subset, open_data
-from ..inference import evaluate_model
+from ..data import DataError, DataLoader, SkipUnreadable, Subset, open_data
+from ..distributed import GradientBucket, SingleProcess, broadcast_parameters
+from ..fileio import clean_temp_files, write_json_atomic, write_text_atomic
+from ..inference import count_objects, evaluate_model
 from ..loss import MultiBoxLoss, NonFiniteError
 from ..model import save_model
 from .budget import TimeBudget
 from .recipe import (
     build_model_for,
     decay_start,
+    load_start_weights,
     make_optimizer,
     make_schedule,
     make_train_transform,
     total_iterations,
+    train_data_options,
 )
 from .runlog import (
     Interrupt,
@@ -46,11 +55,25 @@ from .runlog import (
     truncate_jsonl,
 )
 from .state import restore_training_state, training_state
-from .step import BatchUpload, StageTimer, train_step
+from .step import ALLREDUCE_STAGE, BatchUpload, StageTimer, train_step
 
 # Exit codes: 0 done, 1 error, 2 bad command line (argparse), 3 non-finite loss, 130 Ctrl-C.
 EXIT_NONFINITE = 3
 EXIT_INTERRUPTED = 130
+EXIT_ERROR = 1
+
+# The divergence guard: a state is healthy -- and may replace last.npz -- when every parameter is
+# finite, the weight norm ||w||_2 (all parameters) is at most NORM_GROWTH times, and the largest |w| at
+# most MAX_GROWTH times their values at the last saved state (at the start of a session: the initial or
+# resumed weights). Measured on the small model (8 shapes images, batch 4, no warmup): ordinary training
+# moves both by < 5% over 30 iterations (||w|| 44.45 -> 44.43, max |w| 0.87 -> 0.83); the first step at
+# --lr 1e4 multiplies them by 5e4 and 1.3e5, at --lr 2 by 11 and 27, at --lr 0.5 by 2.9 and 6.7, at
+# --lr 0.3 by 1.9 and 4.0, and the loss is NaN two or three steps later. A step at --lr 0.2 (1.5x, 2.7x)
+# or 0.1 (1.1x, 1.3x) already lands where the loss is 1e3-1e4 times higher, which only the next loss
+# shows; such a state passes, and the NaN guard stops the run a step or two later. The gradient norm
+# adds nothing at the step it is measured: lr times it is the change of the weights the rule sees.
+NORM_GROWTH = 2.0
+MAX_GROWTH = 4.0
 
 
 class Trainer:
@@ -63,7 +86,8 @@ class Trainer:
     """
 
     def __init__(self, config: dict, run_dir: str, resume: bool = False, length_given: bool = False,
-                 profile: bool | None = None):
+                 profile: bool | None = None, comm=None):
+        self.comm = comm if comm is not None else SingleProcess()   # minissd.distributed.Communicator
         self.c = config
         self.length_given = length_given   # --iterations/--epochs typed on a resume: they replace a time plan
         self.run_dir = run_dir
@@ -73,11 +97,17 @@ class Trainer:
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
         self.last_path = os.path.join(run_dir, "last.npz")
         self.best_path = os.path.join(run_dir, "best.npz")
+        # set by the command: fresh_command(lr=...) -> the command line of a new run (divergence advice)
+        self.fresh_command = None
+        self.pending_eval = None     # iteration whose periodic validation is due and not done yet
+        self.unhealthy = None        # why the state at the last checkpoint was not healthy, or None
+        self.skipped = {}            # role -> SkipUnreadable (--skip-unreadable)
+        self.phase = "setup"
 
     # -- setup -------------------------------------------------------------------------------
     def _setup(self):
         c = self.c
-        self.train_ds = open_data(c["dataset"], c["train_limit"], "train", "--dataset")
+        self.train_ds = open_data(c["dataset"], c["train_limit"], "train", "--dataset", **train_data_options(c))
         self.class_names = list(self.train_ds.class_names)
         self.val_ds = open_data(c["val_dataset"], c["val_limit"] or None, "val", "--val-dataset") \
             if c["val_dataset"] else None
@@ -87,23 +117,74 @@ class Trainer:
             if ds is not None and list(ds.class_names) != self.class_names:
                 raise ValueError(f"{role} has classes {list(ds.class_names)}, but the training data has "
                                  f"{self.class_names}")
+        self._check_data()
+        if c.get("skip_unreadable"):
+            # training: the next readable image takes an unreadable one's place (batches stay full and
+            # depend on the files only); evaluation: left out of the mAP (see minissd/data/skip.py)
+            self.train_ds = self.skipped["train"] = SkipUnreadable(self.train_ds, log=self._warn)
+            if self.val_ds is not None:
+                self.val_ds = self.skipped["val"] = SkipUnreadable(self.val_ds, log=self._warn, substitute=False)
+            if self.test_ds is not None:
+                self.test_ds = self.skipped["test"] = SkipUnreadable(self.test_ds, log=self._warn,
+                                                                     substitute=False)
         self.total = total_iterations(c, len(self.train_ds))
 
         self.model = build_model_for(c, len(self.class_names), c["seed"])
+        if not self.resume:   # --init / --weights (a resume takes its weights from last.npz), before the
+            start = load_start_weights(c, self.model)   # transform: they set the input normalisation
+            if start and self.comm.is_root:
+                print(start, flush=True)
         self.model.to(self.device)
+        broadcast_parameters(self.model, self.comm)   # replicas start equal whatever the initialiser did
+        # data-parallel: sum, not average: the loss already divides by the global batch's N
+        self.bucket = GradientBucket(self.model, self.comm, average=False) if self.comm.size > 1 else None
         self.model.train()
         # nothing upstream of the image needs dL/dx: the first convolution skips that GEMM and col2im
         self.model.input_grad = False
         self.optimizer = make_optimizer(self.model, c["lr"], c["momentum"], c["weight_decay"])
         self.schedule = make_schedule(c, self.total)
-        self.loss_fn = MultiBoxLoss(neg_pos_ratio=c["neg_pos_ratio"])  # checks its inputs are finite
+        self.loss_fn = MultiBoxLoss(neg_pos_ratio=c["neg_pos_ratio"],   # checks its inputs are finite
+                                    comm=self.comm if self.comm.size > 1 else None)
         self.transform = make_train_transform(c, self.model)
+        if c["batch_size"] % self.comm.size:
+            raise ValueError(f"--batch-size {c['batch_size']} (the global batch) is not a multiple of the "
+                             f"{self.comm.size} processes: each must get the same number of images")
         if len(self.train_ds) < c["batch_size"]:
             raise ValueError(f"--batch-size {c['batch_size']} is larger than the training set "
                              f"({len(self.train_ds)} images)")
         self.loader = DataLoader(self.train_ds, c["batch_size"], self.transform, shuffle=True,
-                                 seed=c["seed"], num_workers=c["num_workers"], drop_last=True)
+                                 seed=c["seed"], num_workers=c["num_workers"], drop_last=True,
+                                 rank=self.comm.rank, world_size=self.comm.size)
         self.upload = BatchUpload(self.device)
+
+    def _check_data(self):
+        """Refuse, before any work, data that is empty or has nothing to learn or score.
+
+        A training set without a single object (after difficult/crowd objects are left out) trains
+        to loss 0 and detects nothing: always a mistake (wrong class list, wrong split, every object
+        difficult), so it is an error, not a warning that scrolls past. Validation or test data
+        without objects has an undefined mAP, so it is refused too.
+        """
+        c = self.c
+        for role, key, ds in (("--dataset", "dataset", self.train_ds), ("--val-dataset", "val_dataset", self.val_ds),
+                              ("--test-dataset", "test_dataset", self.test_ds)):
+            if ds is None:
+                continue
+            if len(ds) == 0:
+                raise ValueError(f"{role} {c[key]!r}: holds no images (is its image list empty?)")
+            n = count_objects(ds)
+            if n == 0:
+                what = ("nothing to learn from (difficult and crowd objects are left out of training)"
+                        if key == "dataset" else "its mAP would be undefined")
+                raise ValueError(f"{role} {c[key]!r}: its {len(ds)} images hold no objects; {what}")
+
+    def _warn(self, message: str):
+        """One line on stderr (above the progress bar when there is one)."""
+        progress = getattr(self, "progress", None)
+        if progress is not None:
+            progress.write(f"warning: {message}", file=sys.stderr)
+        else:
+            print(f"warning: {message}", file=sys.stderr, flush=True)
 
     def _meta(self) -> dict:
         """What every checkpoint records besides the arrays: enough to rebuild the model."""
@@ -116,6 +197,10 @@ class Trainer:
             "best_map": self.best_map,
             "best_iteration": self.best_iteration,
             "elapsed_s": self.elapsed_before + (time.perf_counter() - self.t_start),
+            "world_size": self.comm.size,
+            # a periodic validation due at this iteration and not done (Ctrl-C, an unreadable image):
+            # a resume does it first, so the log and best.npz are those of an uninterrupted run
+            "pending_eval": self.pending_eval,
         }
 
     def save_state(self, path, iteration):
@@ -124,6 +209,24 @@ class Trainer:
 
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> int:
+        """Set up, train, evaluate; returns the exit status.
+
+        On every way out, temporary files of interrupted writes are removed from the run directory
+        (also at the start: a kill -9 leaves them). Ctrl-C or SIGTERM outside the training loop
+        (setup, the final evaluation and figures) and an unreadable image end the run with one line,
+        the state saved where there is one to save.
+        """
+        try:
+            return self._run()
+        except KeyboardInterrupt:
+            return self._interrupted_outside_loop()
+        except DataError as err:   # the final evaluation met an unreadable image (the loop saves its own)
+            return self._data_error(err, None)
+        finally:
+            if self.comm.is_root:
+                clean_temp_files(self.run_dir)
+
+    def _run(self) -> int:
         c = self.c
         self.t_start = time.perf_counter()
         self.cpu_start = time.process_time()
@@ -131,10 +234,17 @@ class Trainer:
         self.best_map, self.best_iteration = None, None
         self.planned_by_time = False
         self._setup()
-        os.makedirs(self.run_dir, exist_ok=True)
+        root = self.comm.is_root
+        if root:
+            os.makedirs(self.run_dir, exist_ok=True)
+            for path in clean_temp_files(self.run_dir):   # what a kill during a write left
+                print(f"removed {path} (left by an interrupted write)", flush=True)
         start = 0
         if self.resume:
-            arrays, meta = load_checkpoint(self.last_path)
+            # rank 0 reads the checkpoint; every rank restores model, optimizer and loader from it
+            arrays, meta = load_checkpoint(self.last_path) if root else (None, None)
+            if self.comm.size > 1:
+                arrays, meta = self.comm.bcast((arrays, meta))
             start = restore_training_state(arrays, meta, self.model, self.optimizer, self.loader)
             self.best_map, self.best_iteration = meta.get("best_map"), meta.get("best_iteration")
             self.elapsed_before = float(meta.get("elapsed_s", 0.0))
@@ -143,13 +253,23 @@ class Trainer:
                 # the time plan of the first session stands (same length, same schedule)
                 self.total, self.planned_by_time = int(planned), True
                 self.schedule = make_schedule(self.c, self.total)
-            truncate_jsonl(self.metrics_path, start)
-            print(f"resuming {self.run_dir} at iteration {start} of {self.total}", flush=True)
-        with open(os.path.join(self.run_dir, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(dict(c), f, indent=2, sort_keys=True)
-            f.write("\n")
+            self.pending_eval = meta.get("pending_eval")
+            if root:
+                # evaluations at `start` that the state says are not done are redone: drop any trace
+                truncate_jsonl(self.metrics_path, start,
+                               drop_evaluations=self.pending_eval == start or start >= self.total)
+                print(f"resuming {self.run_dir} at iteration {start} of {self.total}", flush=True)
+        self._w_ref = self._weight_norm()   # the divergence guard's reference (see NORM_GROWTH)
+        self.phase = "train"
+        if not root:    # the other ranks train; rank 0 writes, logs, evaluates
+            status = self._loop(start)
+            if status is not None:     # stopped early: every rank agreed, rank 0 exits without _finish
+                return status
+            self.comm.idle_barrier()   # asleep while rank 0 runs the final evaluation
+            return 0
+        write_json_atomic(os.path.join(self.run_dir, "config.json"), dict(c), sort_keys=True)
         if not self.resume:
-            open(self.metrics_path, "w").close()
+            write_text_atomic(self.metrics_path, "")
             n_params = self.model.num_parameters()
             print(f"run directory: {self.run_dir}\n"
                   f"model {c['model']}: {n_params / 1e6:.2f} M parameters, {len(self.model.priors_cxcywh)} "
@@ -157,21 +277,62 @@ class Trainer:
                   f"({', '.join(self.class_names)})\n"
                   f"data: {c['dataset']} ({len(self.train_ds)} train images), "
                   f"val: {c['val_dataset'] or 'none'}, test: {c['test_dataset'] or 'none'}; "
-                  f"{self.total} iterations of batch {c['batch_size']} on {self.device}", flush=True)
+                  f"{self.total} iterations of batch {c['batch_size']} on {self.device}"
+                  + (f", data-parallel over {self.comm.size} processes ({c['batch_size'] // self.comm.size} "
+                     f"images each, {self.comm.name})" if self.comm.size > 1 else ""), flush=True)
 
         status = self._loop(start)
         if status is not None:
             return status
-        return self._finish()
+        self.phase = "finish"
+        status = self._finish()
+        self.comm.idle_barrier()
+        return status
+
+    def _interrupted_outside_loop(self) -> int:
+        """Ctrl-C/SIGTERM in setup or in the final evaluation: one line saying what is saved."""
+        if getattr(self, "progress", None) is not None:
+            self.progress.close()
+        resume = f"python -m minissd.train --resume {self.run_dir}"
+        if self.phase == "finish":
+            msg = (f"interrupted during the final evaluation; the trained state (iteration {self.final_iteration}) "
+                   f"is saved in {self.last_path}; {resume} repeats the final evaluation")
+        elif os.path.exists(self.last_path):
+            msg = f"interrupted; the last saved state ({self.last_path}) is intact; resume with: {resume}"
+        else:
+            msg = "interrupted before training started; nothing to resume"
+        print(f"\nminissd.train: {msg}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+    def _data_error(self, err, iteration) -> int:
+        """An unreadable image (DataError): save the state after ``iteration`` (if given), one line, exit 1."""
+        if getattr(self, "progress", None) is not None:
+            self.progress.close()
+        saved = False
+        if iteration is not None:
+            saved = self._checkpoint(iteration)
+        elif self.phase == "finish":
+            iteration, saved = self.final_iteration, os.path.exists(self.last_path)
+        if saved:
+            where = "the final evaluation" if self.phase == "finish" else "training"
+            tail = (f"; the state after iteration {iteration} is saved in {self.last_path}: fix the file, or "
+                    f"skip unreadable images, and continue {where} with: python -m minissd.train --resume "
+                    f"{self.run_dir} --skip-unreadable")
+        else:
+            tail = " (use --skip-unreadable to skip and count unreadable images)"
+        print(f"minissd.train: error: unreadable image {err}{tail}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
 
     def _loop(self, start: int):
         """Train from iteration ``start`` to the plan's end; an exit status, or None to go on to `_finish`."""
         c = self.c
         # (the order of the printed timing line; the step runs them as in `STAGES`)
         stages = ("data", "forward", "targets", "loss", "backward", "step") if self.profile else ("data", "train")
+        if self.profile and self.bucket is not None:
+            stages = (*stages[:-1], ALLREDUCE_STAGE, stages[-1])
         self.timers = OrderedDict((k, 0.0) for k in (*stages, "eval", "checkpoint"))
         timer = StageTimer(self.timers, sync=self.device != "cpu") if self.profile else None
-        self.progress = Progress(c["progress"], self.total, start)
+        self.progress = Progress(c["progress"] if self.comm.is_root else "none", self.total, start)
         self.budget = TimeBudget(c["max_minutes"], self.t_start, batch_size=c["batch_size"],
                                  eval_every=c["eval_every"], checkpoint_every=c["checkpoint_every"],
                                  val_images=len(self.val_ds) if self.val_ds is not None else 0,
@@ -183,6 +344,10 @@ class Trainer:
         stream = self.loader.batches()
         try:
             with Interrupt() as interrupt:
+                if self.pending_eval == start and start < self.end:   # cut by the last session: redo it first
+                    status = self._redo_pending_eval(start, interrupt)
+                    if status is not None:
+                        return status
                 while iteration < self.end:
                     t0 = time.perf_counter()
                     if timer is not None:
@@ -194,7 +359,7 @@ class Trainer:
                     try:
                         parts = train_step(self.model, self.loss_fn, self.optimizer, batch,
                                            threshold=c["match_threshold"], strategy=c["match"],
-                                           upload=self.upload, timer=timer)
+                                           upload=self.upload, timer=timer, bucket=self.bucket)
                     except NonFiniteError:  # NaN/inf already in the network outputs
                         parts = None
                     if parts is None or not math.isfinite(parts.total):
@@ -205,8 +370,9 @@ class Trainer:
                         self.timers["data"] += t1 - t0
                         self.timers["train"] += t2 - t1
                     iteration += 1
-                    self.budget.add_train(len(batch.ids), t2 - t0)
-                    self._log(iteration, lr, parts, len(batch.ids))
+                    n_images = len(batch.ids) * self.comm.size   # the global batch
+                    self.budget.add_train(n_images, t2 - t0)
+                    self._log(iteration, lr, parts, n_images)
                     status = self._between_steps(iteration, interrupt)
                     if status is not None:
                         return status
@@ -216,12 +382,29 @@ class Trainer:
                   f"{self.last_saved}) is intact. resume with: python -m minissd.train --resume {self.run_dir}",
                   file=sys.stderr, flush=True)
             return EXIT_INTERRUPTED
+        except DataError as err:   # an unreadable image (training batch or validation): save, then stop
+            return self._data_error(err, iteration)
         finally:
             _close_stream(stream)
         self.progress.close()
         self.final_iteration = iteration
-        self._checkpoint(iteration)
+        if not self._checkpoint(iteration, warn=False) and self.unhealthy:
+            return self._diverged(iteration)
         return None
+
+    def _redo_pending_eval(self, iteration, interrupt):
+        """The periodic validation at ``iteration`` that the last session did not finish, done now."""
+        if self.comm.is_root:
+            self.progress.write(f"iter {iteration}: the validation the last session did not finish, done now")
+            self._validate(iteration, interrupt)
+        self.comm.idle_barrier()
+        if not self.comm.is_root or self.pending_eval is None:
+            self.pending_eval = None
+            return None
+        self.progress.close()   # interrupted again: the saved state still says it is pending
+        print(f"interrupted during the validation at iteration {iteration}; {self.last_path} is unchanged. "
+              f"resume with: python -m minissd.train --resume {self.run_dir}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
 
     @staticmethod
     def _new_window(t):
@@ -229,6 +412,8 @@ class Trainer:
 
     def _log(self, iteration, lr, parts, n_img):
         """Add a step to the running means; every --log-every steps a metrics.jsonl record and the progress."""
+        if not self.comm.is_root:
+            return
         c, window = self.c, self._window
         window["n"] += 1
         window["images"] += n_img
@@ -262,17 +447,27 @@ class Trainer:
         c = self.c
         evaluated = False
         if c["eval_every"] and iteration % c["eval_every"] == 0 and iteration < self.end:
-            self._validate(iteration, interrupt)
+            if self.comm.is_root:
+                self._validate(iteration, interrupt)
+            self.comm.idle_barrier()   # the other ranks sleep while rank 0 evaluates
             evaluated = True
             self._window["t"] = time.perf_counter()  # eval time is not training throughput
         if c["checkpoint_every"] and iteration % c["checkpoint_every"] == 0:
-            if self._checkpoint(iteration):
+            if self._checkpoint(iteration, warn=False):
                 self.last_saved = iteration
+            elif self.unhealthy:   # diverging: stop while last.npz still holds a healthy state
+                self.progress.close()
+                return self._diverged(iteration)
             self._window["t"] = time.perf_counter()
-        if interrupt.requested or (c["stop_at"] is not None and iteration >= c["stop_at"]):
+        requested = interrupt.requested
+        if self.comm.size > 1:    # a signal seen by any rank stops them all after the same step
+            requested = bool(self.comm.allreduce_scalar(int(requested), "max"))
+        if requested or (c["stop_at"] is not None and iteration >= c["stop_at"]):
             self.progress.close()
             self._checkpoint(iteration)
-            if interrupt.requested:
+            if not self.comm.is_root:
+                return EXIT_INTERRUPTED if requested else 0
+            if requested:
                 print(f"interrupted after iteration {iteration} of {self.end}; the state is saved in "
                       f"{self.last_path}.\nresume with: python -m minissd.train --resume "
                       f"{self.run_dir}", file=sys.stderr, flush=True)
@@ -280,6 +475,9 @@ class Trainer:
             print(f"stopped after iteration {iteration} of {self.end} (--stop-at); resume with: "
                   f"python -m minissd.train --resume {self.run_dir}", flush=True)
             return 0
+        if not self.comm.is_root:
+            self._follow_plan()
+            return None
         per_iter = self.budget.plan_due(iteration, self.planned_by_time, lambda: decay_start(c, self.total),
                                         evaluated)
         if per_iter is not None:
@@ -291,7 +489,16 @@ class Trainer:
                                 f"{iteration} of {self.end} to leave time for the final evaluation "
                                 f"(--resume {self.run_dir} continues it)")
             self.end = iteration   # the plan (self.total) stands for a resume
+        if self.comm.size > 1:
+            self.comm.bcast((self.end, self.total, self.planned_by_time))
         return None
+
+    def _follow_plan(self):
+        """Ranks other than 0: take rank 0's time plan (it alone knows the evaluation's cost)."""
+        end, total, planned = self.comm.bcast(None)
+        if total != self.total:
+            self.schedule = make_schedule(self.c, total)
+        self.end, self.total, self.planned_by_time = end, total, planned
 
     def _plan(self, iteration, per_iter) -> int:
         """Fit the run to the time budget at the measured speed (``per_iter`` seconds a step).
@@ -319,40 +526,82 @@ class Trainer:
                             "the schedule is set for that length")
         return self.total
 
-    def _checkpoint(self, iteration):
+    def _checkpoint(self, iteration, warn=True):
+        """Write last.npz if the state is healthy (see NORM_GROWTH); False (and ``self.unhealthy``
+        says why, in a warning unless ``warn`` is False) when it is not, so last.npz keeps the last
+        healthy state."""
         t = time.perf_counter()
-        if not self._params_finite():
-            # Never replace the last good state with a broken one; the next forward reports it.
-            print(f"warning: parameters hold NaN/inf after iteration {iteration}; {self.last_path} "
-                  f"is not overwritten", file=sys.stderr, flush=True)
+        norm, self.unhealthy = self._health(iteration)   # every rank: the same weights, the same verdict
+        if self.unhealthy is not None:
+            if warn and self.comm.is_root:
+                self._warn(f"{self.last_path} is not overwritten after iteration {iteration}: {self.unhealthy}")
             return False
+        self._w_ref = norm
+        if not self.comm.is_root:
+            return True
         self.save_state(self.last_path, iteration)
         self.timers["checkpoint"] += time.perf_counter() - t
         return True
 
-    def _params_finite(self) -> bool:
+    def _weight_norm(self) -> tuple[float, float]:
+        """(||w||_2, max |w|) over every parameter, in float64 (NaN or inf when one is not finite)."""
+        total, largest = 0.0, 0.0
         for _, p, _ in self.model.named_parameters():
             xp = get_array_module(p)
-            if not bool(xp.isfinite(p).all()):
-                return False
-        return True
+            total += float(xp.sum(xp.square(p, dtype=xp.float64)))
+            largest = max(largest, float(xp.abs(p).max())) if p.size else largest
+        return math.sqrt(total), largest
+
+    def _health(self, iteration):
+        """``(norms, None)`` for a healthy state, else ``(norms, why not)`` (the rule: NORM_GROWTH, MAX_GROWTH)."""
+        norms = self._weight_norm()
+        if not all(math.isfinite(v) for v in norms):
+            return norms, "parameters hold NaN/inf"
+        for what, value, ref, limit in (("weight norm", norms[0], self._w_ref[0], NORM_GROWTH),
+                                        ("largest |w|", norms[1], self._w_ref[1], MAX_GROWTH)):
+            ref = max(ref, 1e-3)
+            if value > limit * ref:
+                return norms, (f"the {what} grew {value / ref:.3g}x since the last saved state (healthy: at "
+                               f"most {limit:g}x; {value:.4g} after iteration {iteration} against {ref:.4g})")
+        return norms, None
+
+    def _advice(self) -> str:
+        """A command that works in the present state: resume the last healthy state, or start again."""
+        lr = self.c["lr"] / 10
+        if os.path.exists(self.last_path):
+            return (f"python -m minissd.train --resume {self.run_dir} --lr {lr:g} continues from that "
+                    f"checkpoint at a tenth of the rate")
+        if self.fresh_command is not None:
+            return f"{self.fresh_command(lr=lr)} starts the run again at a tenth of the rate"
+        return f"start the run again with --lr {lr:g} (a tenth of the rate)"
+
+    def _kept(self) -> str:
+        if os.path.exists(self.last_path):
+            return f"the last healthy checkpoint is {self.last_path} (iteration {self.last_saved})"
+        return "no checkpoint had been written yet"
+
+    def _diverged(self, iteration) -> int:
+        """The state at a checkpoint is not healthy: stop (exit 3) with a command that works."""
+        if self.comm.is_root:
+            print(f"minissd.train: training diverged by iteration {iteration} (lr {self.optimizer.lr:.4g}): "
+                  f"{self.unhealthy}; training stopped and {self._kept()}.\nTry a lower learning rate or a "
+                  f"longer warmup: {self._advice()}.", file=sys.stderr, flush=True)
+        return EXIT_NONFINITE
 
     def _nonfinite(self, iteration, batch, parts) -> int:
+        if not self.comm.is_root:   # the loss is global: every rank stops at the same step
+            return EXIT_NONFINITE
         path = os.path.join(self.run_dir, "nonfinite_batch.json")
         record = {"iteration": iteration + 1, "image_ids": [str(i) for i in batch.ids],
                   "lr": float(self.optimizer.lr)}
         if parts is not None:
             record.update(loss=repr(parts.total), conf=repr(parts.conf), loc=repr(parts.loc),
                           num_pos=parts.num_pos)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=2)
-        kept = (f"the last good checkpoint is {self.last_path} (iteration {self.last_saved})"
-                if os.path.exists(self.last_path) else "no checkpoint had been written yet")
+        write_json_atomic(path, record)
         print(f"minissd.train: the loss became NaN/inf at iteration {iteration + 1} (lr {self.optimizer.lr:.4g}); "
-              f"training stopped and {kept}.\nThe batch's image ids are in {path}.\nTry: a lower learning "
-              f"rate or a longer warmup (python -m minissd.train --resume {self.run_dir} --lr "
-              f"{self.c['lr'] / 2:g} continues from that checkpoint at half the rate), and check those images' "
-              f"boxes (zero-size, inverted or outside the image).", file=sys.stderr, flush=True)
+              f"training stopped and {self._kept()}.\nThe batch's image ids are in {path}.\nTry a lower "
+              f"learning rate or a longer warmup: {self._advice()}; and check those images' boxes "
+              f"(zero-size, inverted or outside the image).", file=sys.stderr, flush=True)
         return EXIT_NONFINITE
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -379,10 +628,12 @@ class Trainer:
     def _validate(self, iteration, interrupt=None):
         if self.val_ds is None:
             return None
+        self.pending_eval = iteration   # saved with the state until the evaluation is done
         result = self._evaluate(self.val_ds, "val", iteration,
                                 should_stop=(lambda: interrupt.requested) if interrupt else None)
         if result is None:
             return None
+        self.pending_eval = None
         m = result["map07"]
         improved = self.best_map is None or m > self.best_map
         if improved:
@@ -435,13 +686,17 @@ class Trainer:
             summary["val"] = result_json(val, self.class_names)
         if test is not None:
             summary["test"] = result_json(test, self.class_names)
-        with open(os.path.join(self.run_dir, "results.json"), "w", encoding="utf-8") as f:
-            json.dump(finite_or_none(summary), f, indent=2, sort_keys=True)
-            f.write("\n")
+        if self.skipped:   # --skip-unreadable: what was skipped (this session), per role
+            summary["unreadable"] = {role: ds.summary() for role, ds in self.skipped.items()}
+        write_json_atomic(os.path.join(self.run_dir, "results.json"), finite_or_none(summary), sort_keys=True)
 
         timing = ", ".join(f"{k} {v:.0f}s" for k, v in self.timers.items() if v >= 0.5)
         print(f"trained {iteration} iterations at {summary['train_images_per_s']:.1f} images/s; "
-              f"wall time {wall / 60:.1f} min ({timing})")
+              f"wall time {format_duration(wall)}" + (f" ({timing})" if timing else ""))
+        for role, ds in self.skipped.items():
+            n = len(ds.skipped)
+            if n:
+                print(f"unreadable images skipped ({role}): {n}; listed in results.json ('unreadable')")
         print(f"run directory: {self.run_dir} (config.json, metrics.jsonl, last.npz, best.npz, curves.png, "
               f"detections.png, results.json)")
         if val is not None and test is None:
@@ -470,6 +725,15 @@ class Trainer:
         viz.detection_grid(os.path.join(self.run_dir, "detections.png"), result["images"], dets,
                            self.class_names, ground_truths=[g["boxes"] for g in result["ground_truths"]],
                            title="detections (score >= 0.3) and ground truth (dashed)")
+
+
+def format_duration(seconds: float) -> str:
+    """'42.3 s' under a minute, '7.5 min' under an hour, else '2.25 h'."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
 
 
 def _close_stream(stream):
