@@ -1,145 +1,163 @@
-"""Conv2d forward + backward: minissd (im2col + GEMM) against torch.nn.functional.conv2d, same threads.
+"""Conv2d forward + backward, every layer of the small model and of SSD300: minissd against PyTorch.
 
-    python benchmarks/conv.py              # SSD300 VGG16 shapes at batch 2, small-model shapes at 16, 32
-    python benchmarks/conv.py --quick      # a few shapes, fewer repeats (well under a minute)
-    python benchmarks/conv.py --threads 1  # single-threaded (OpenBLAS, minissd kernels and torch)
+    python benchmarks/conv.py                       # small model at batch 16 and 32, SSD300 at batch 2;
+                                                    # 2 threads, then 1 thread
+    python benchmarks/conv.py --threads 1 --only small
+    python benchmarks/conv.py --quick --allow-busy  # smoke run: a few small-model layers at batch 2
 
-For every shape both implementations compute y, dL/dx, dL/dW and dL/db from the same float32 input
-and upstream gradient. The two are timed alternately (so a busy machine slows both alike); the table
-shows the median over repeats and the ratio minissd / torch of the medians. Target on the CPU: ratio
-<= 2 on every shape. With a CUDA GPU and CuPy, ``--device cuda`` times minissd's CuPy path instead.
+The layer list is read from the model configs (minissd/model/configs.py), so it is the network's: every
+convolution of the trunk and extras, and the heads as the model runs them (one convolution per source
+map with 4k + Mk output channels: loc and conf fused, minissd/model/ssd.py), M = 6 for the small model
+(the shapes dataset) and 21 for SSD300 (VOC). Layers of identical geometry are timed once and counted
+n times in the sum. The first layer is timed as in training: no dL/d(image) on either side.
+
+Both sides compute y, dL/dW, dL/db (and dL/dx) of the same float32 input and upstream gradient. The
+rules of benchmarks/_bench.py apply: interleaved rounds (minissd, torch, minissd, ...), medians with
+[min-max], the ratio as the median of per-round ratios, the load average before and after each
+table (rows marked BUSY and exit status 3 above 0.5 + threads, unless --allow-busy), and GFLOP/s
+(forward 2*N*F*OH*OW*C*KH*KW, backward twice that) next to the fp32 peak of the cores in use.
+
+Target on a quiet CPU: ratio <= 1.5 on every layer, 2 threads and 1 thread.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _bench  # noqa: E402
 
 
-def _parse():
+def _parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a few shapes, 3 repeats")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                    help="threads for OpenBLAS, minissd's kernels and torch (default: all cores)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per shape (default 3)")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--only", choices=["vgg", "small"], default=None, help="one table only")
-    return ap.parse_args()
+    _bench.add_common_args(ap)
+    ap.add_argument("--only", choices=["small", "ssd300"], default=None, help="one model's layers only")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: minissd's CuPy path against torch on the GPU (no peak column)")
+    args = ap.parse_args(argv)
+    _bench.check_repeats(args.repeats)
+    return args
 
 
 ARGS = _parse() if __name__ == "__main__" else None
-if ARGS is not None:
-    # before numpy loads OpenBLAS: its thread pool size is read once, from the environment
-    os.environ["OPENBLAS_NUM_THREADS"] = str(ARGS.threads)
 
 import numpy as np  # noqa: E402
 
-from minissd.backend import synchronize, xp_for  # noqa: E402
-from minissd.nn import Conv2d, set_num_threads  # noqa: E402
+from minissd.model.configs import describe, get_config  # noqa: E402
 
-# (name, C, F, size, kernel, stride, padding, dilation)
-SSD300_VGG16 = [
-    ("conv1_1", 3, 64, 300, 3, 1, 1, 1),
-    ("conv1_2", 64, 64, 300, 3, 1, 1, 1),
-    ("conv2_1", 64, 128, 150, 3, 1, 1, 1),
-    ("conv2_2", 128, 128, 150, 3, 1, 1, 1),
-    ("conv3_1", 128, 256, 75, 3, 1, 1, 1),
-    ("conv3_2", 256, 256, 75, 3, 1, 1, 1),
-    ("conv4_1", 256, 512, 38, 3, 1, 1, 1),
-    ("conv4_2", 512, 512, 38, 3, 1, 1, 1),
-    ("conv5_1", 512, 512, 19, 3, 1, 1, 1),
-    ("fc6 (d6)", 512, 1024, 19, 3, 1, 6, 6),
-    ("fc7 (1x1)", 1024, 1024, 19, 1, 1, 0, 1),
-    ("conv8_1", 1024, 256, 19, 1, 1, 0, 1),
-    ("conv8_2 (s2)", 256, 512, 19, 3, 2, 1, 1),
-    ("conv9_2 (s2)", 128, 256, 10, 3, 2, 1, 1),
-    ("conv10_2 (p0)", 128, 256, 5, 3, 1, 0, 1),
-    ("head conv4_3 conf", 512, 84, 38, 3, 1, 1, 1),
-]
-SMALL = [
-    ("conv1", 3, 16, 128, 3, 1, 1, 1),
-    ("conv2", 16, 32, 64, 3, 1, 1, 1),
-    ("conv3", 32, 64, 32, 3, 1, 1, 1),
-    ("conv4", 64, 128, 16, 3, 1, 1, 1),
-    ("conv5_x", 128, 128, 8, 3, 1, 1, 1),
-    ("conv6 (s2)", 128, 128, 8, 3, 2, 1, 1),
-    ("head conv4 conf", 128, 24, 16, 3, 1, 1, 1),
-]
-QUICK_VGG = ["conv2_2", "conv4_2", "fc6 (d6)", "fc7 (1x1)", "conv8_2 (s2)"]
-QUICK_SMALL = ["conv1", "conv2", "conv3", "conv4", "conv5_x"]
+NUM_CLASSES = {"small": 6, "ssd300": 21}       # the shapes dataset (5 + background), VOC (20 + background)
+BATCHES = {"small": (16, 32), "ssd300": (2,)}
 
 
-def time_pair(shape, batch, repeats, device="cpu"):
-    """Median seconds of minissd and torch forward+backward on one layer shape."""
+def model_layers(name: str, num_classes: int) -> list:
+    """The model's convolutions as rows (label, C, F, S_in, k, s, p, d, input_grad), identical
+    geometries merged (label lists every name, count in ``n``): returns [(row, n)]."""
+    config = get_config(name)
+    sizes = {r["name"]: r["size"] for r in describe(config)}
+    size, channels = config["image_size"], config["in_channels"]
+    rows, first = [], True
+    for part in ("trunk", "extras"):
+        for spec in config[part]:
+            if spec["type"] == "conv":
+                rows.append((spec["name"], channels, spec["out"], size, spec["kernel"], spec["stride"],
+                             spec["padding"], spec["dilation"], not first))
+                channels, first = spec["out"], False
+            size = sizes[spec["name"]]
+    chans = {r["name"]: r["channels"] for r in describe(config)}
+    kh = int(config["head_kernel"])
+    for s, k in zip(config["sources"], config["boxes_per_location"], strict=True):
+        rows.append((f"head {s} (loc+conf)", chans[s], (4 + num_classes) * k, sizes[s], kh, 1, kh // 2, 1, True))
+    merged = {}
+    for row in rows:
+        key = row[1:]
+        if key in merged:
+            merged[key][0].append(row[0])
+            merged[key][1] += 1
+        else:
+            merged[key] = [[row[0]], 1]
+    return [((", ".join(names),) + key, n) for key, (names, n) in merged.items()]
+
+
+QUICK = {"small": ["conv1", "conv2", "conv5_1, conv5_2", "head conv4 (loc+conf)"]}
+
+
+def make_pair(row, batch, device="cpu"):
+    """Two callables, minissd's and torch's forward+backward of one layer, on the same data."""
     import torch
-    import torch.nn.functional as F
+    import torch.nn.functional as tF
 
-    name, C, Fo, S, k, s, p, d = shape
+    from minissd.backend import synchronize, xp_for
+    from minissd.nn import Conv2d
+
+    _, C, Fo, S, k, s, p, d, input_grad = row
     xp = xp_for(device)
     rng = np.random.default_rng(0)
-    conv = Conv2d(C, Fo, k, stride=s, padding=p, dilation=d, rng=rng)
+    conv = Conv2d(C, Fo, k, stride=s, padding=p, dilation=d, rng=rng, input_grad=input_grad)
     conv.params["b"][...] = rng.standard_normal(Fo).astype(np.float32)
     x = rng.standard_normal((batch, C, S, S)).astype(np.float32)
     OH = (S + 2 * p - d * (k - 1) - 1) // s + 1
     dy = rng.standard_normal((batch, Fo, OH, OH)).astype(np.float32)
+    W0, b0 = conv.params["W"].copy(), conv.params["b"].copy()
     conv.to(device)
     xd, dyd = xp.asarray(x), xp.asarray(dy)
-
-    xt = torch.tensor(x, requires_grad=True)
-    wt = torch.tensor(np.asarray(conv.params["W"].get() if device == "cuda" else conv.params["W"]),
-                      requires_grad=True)
-    bt = torch.tensor(np.asarray(conv.params["b"].get() if device == "cuda" else conv.params["b"]),
-                      requires_grad=True)
-    dyt = torch.tensor(dy)
-    if device == "cuda" and torch.cuda.is_available():
-        xt, wt, bt, dyt = (t.detach().cuda().requires_grad_(t.requires_grad) for t in (xt, wt, bt, dyt))
+    on_gpu = device == "cuda"
+    tdev = "cuda" if on_gpu else "cpu"
+    xt = torch.tensor(x, device=tdev, requires_grad=input_grad)
+    wt = torch.tensor(W0, device=tdev, requires_grad=True)
+    bt = torch.tensor(b0, device=tdev, requires_grad=True)
+    dyt = torch.tensor(dy, device=tdev)
 
     def ours():
+        conv.zero_grad()
         conv.forward(xd)
         conv.backward(dyd)
         synchronize(xd)
 
-    torch_on_device = device == "cpu" or torch.cuda.is_available()
-
     def theirs():
-        if not torch_on_device:           # a CPU-only torch cannot be the GPU reference
-            return
         xt.grad = wt.grad = bt.grad = None
-        F.conv2d(xt, wt, bt, stride=s, padding=p, dilation=d).backward(dyt)
-        if device == "cuda" and torch.cuda.is_available():
+        tF.conv2d(xt, wt, bt, stride=s, padding=p, dilation=d).backward(dyt)
+        if on_gpu:
             torch.cuda.synchronize()
 
-    ours()
-    theirs()                              # warm-up: buffers, kernels, thread pools
-    a, b = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        ours()
-        a.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        theirs()
-        b.append(time.perf_counter() - t0)
-    conv.clear_cache()
-    return float(np.median(a)), (float(np.median(b)) if torch_on_device else float("nan"))
+    flops = _bench.conv_flops(batch, C, Fo, OH, OH, k, k, input_grad)["total"]
+    return ours, theirs, flops, conv
 
 
-def run_table(title, shapes, batch, repeats, device):
-    print(f"\n{title}, batch {batch}")
-    head = f"| {'layer':<18} | {'C -> F @ size, k/s/p/d':<26} | {'minissd ms':>10} | {'torch ms':>9} | {'ratio':>5} |"
-    print(head)
-    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
-    ratios, tot_a, tot_b = [], 0.0, 0.0
-    for shape in shapes:
-        name, C, Fo, S, k, s, p, d = shape
-        a, b = time_pair(shape, batch, repeats, device)
-        tot_a += a
-        tot_b += b
-        if b == b:                        # not NaN
-            ratios.append(a / b)
-        geo = f"{C} -> {Fo} @ {S}, {k}/{s}/{p}/{d}"
-        print(f"| {name:<18} | {geo:<26} | {a * 1e3:10.1f} | {b * 1e3:9.1f} | {a / b:5.2f} |", flush=True)
-    print(f"| {'sum':<18} | {'':<26} | {tot_a * 1e3:10.1f} | {tot_b * 1e3:9.1f} | {tot_a / tot_b:5.2f} |")
+def run_table(model, rows, batch, threads, repeats, clock, peak, recorder, device="cpu"):
+    """Time every row; print the table once the load after it is known (so every row can say BUSY)."""
+    lines, tot_a, tot_b, tot_flops, ratios = [], 0.0, 0.0, 0, []
+    with _bench.LoadGuard(threads) as guard:
+        for row, n in rows:
+            ours, theirs, flops, conv = make_pair(row, batch, device)
+            a, b = _bench.interleaved([ours, theirs], repeats, clock)
+            conv.clear_cache()
+            sa, sb, r = _bench.Stat(a), _bench.Stat(b), _bench.ratio_stat(a, b)
+            ratios.append(r.median)
+            tot_a += n * sa.median
+            tot_b += n * sb.median
+            tot_flops += n * flops
+            label, C, Fo, S, k, s, p, d, input_grad = row
+            geo = f"{C} -> {Fo} @ {S}, {k}/{s}/{p}/{d}" + ("" if input_grad else ", no dx")
+            pct = f"{100 * flops / sa.median / 1e9 / peak:.0f}" if peak else "n/a"
+            lines.append(f"| {label} | {geo} | {n} | {sa.fmt(1e3)} | {sb.fmt(1e3)} | {r.fmt(1, 2)} | "
+                         f"{flops / sa.median / 1e9:.0f} | {flops / sb.median / 1e9:.0f} | {pct} |")
+            print(".", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    recorder.note(guard)
+    mark = " BUSY |" if guard.busy else " |"
+    pct = f"{100 * tot_flops / tot_a / 1e9 / peak:.0f}" if peak else "n/a"
+    lines.append(f"| sum (x n) | | | {tot_a * 1e3:.1f} | {tot_b * 1e3:.1f} | {tot_a / tot_b:.2f} | "
+                 f"{tot_flops / tot_a / 1e9:.0f} | {tot_flops / tot_b / 1e9:.0f} | {pct} |")
+    print(f"\n### {model}, batch {batch}, {threads} thread(s)\n")
+    print("| layer | C -> F @ in, k/s/p/d | n | minissd ms | torch ms | minissd / torch | "
+          "minissd GFLOP/s | torch GFLOP/s | minissd % of peak | |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for line in lines:
+        print(line + mark)
+    print(f"\n{guard.line()}; worst ratio {max(ratios):.2f}, median {float(np.median(ratios)):.2f}", flush=True)
     return ratios
 
 
@@ -149,28 +167,33 @@ def main(args) -> int:
     except ImportError:
         print("benchmarks/conv.py compares against PyTorch: pip install torch", file=sys.stderr)
         return 2
-    torch.set_num_threads(args.threads)
-    set_num_threads(args.threads)
-    repeats = args.repeats or 3
-    import platform
+    from minissd.nn import set_num_threads
 
-    print(f"minissd Conv2d vs torch.nn.functional.conv2d, forward + backward (dx, dW, db), float32, "
-          f"{args.device}, {args.threads} thread(s), median of {repeats}; "
-          f"numpy {np.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}")
-    vgg = [s for s in SSD300_VGG16 if not args.quick or s[0] in QUICK_VGG]
-    small = [s for s in SMALL if not args.quick or s[0] in QUICK_SMALL]
-    ratios = []
-    if args.only in (None, "vgg"):
-        ratios += run_table("SSD300 VGG16 layer shapes", vgg, 2, repeats, args.device)
-    if args.only in (None, "small"):
-        for batch in ((16,) if args.quick else (16, 32)):
-            ratios += run_table("Small CPU model shapes", small, batch, repeats, args.device)
-    if ratios:
-        print(f"\nworst ratio {max(ratios):.2f}, median ratio {float(np.median(ratios)):.2f} "
-              f"(target on the CPU: every ratio <= 2)")
-    else:
-        print("\n(torch has no CUDA here: minissd times only)")
-    return 0
+    repeats = args.repeats or (2 if args.quick else 7)
+    models = [args.only] if args.only else ["small", "ssd300"]
+    if args.quick:
+        models = ["small"]
+    print(f"# minissd Conv2d vs torch.nn.functional.conv2d, forward + backward, float32, {args.device}")
+    print(f"\n{_bench.machine_line(args.threads)}; torch {torch.__version__} ({platform.python_version()})")
+    print(f"median [min-max] of {repeats} interleaved rounds, {args.clock} clock; ratio = median of per-round "
+          f"ratios [min-max]; GFLOP/s = (forward + backward flops) / median time")
+    recorder = _bench.Recorder(args.allow_busy)
+    clock = _bench.cpu_peak(1)["clock_ghz"] if args.device == "cpu" else None
+    all_ratios = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        set_num_threads(threads)
+        peak = _bench.cpu_peak(threads, clock)["gflops"] if args.device == "cpu" else None
+        for model in models:
+            rows = model_layers(model, NUM_CLASSES[model])
+            if args.quick:
+                rows = [(r, n) for r, n in rows if r[0] in QUICK[model]]
+            for batch in ((2,) if args.quick else BATCHES[model]):
+                all_ratios += run_table(model, rows, batch, threads, repeats, args.clock, peak, recorder,
+                                        args.device)
+    print(f"\nall tables: worst ratio {max(all_ratios):.2f}, median {float(np.median(all_ratios)):.2f} "
+          f"(target on a quiet CPU: every ratio <= 1.5)")
+    return recorder.exit_code()
 
 
 if __name__ == "__main__":

@@ -1,22 +1,25 @@
-"""Whole-network speed: minissd's SSD against the same network in PyTorch (CPU, same thread count).
+"""Whole-network speed: minissd's SSD against the same network in PyTorch, CPU (or GPU), same threads.
 
-    python benchmarks/model.py [--quick] [--threads 1] [--repeat 3]
+    python benchmarks/model.py                      # small model at batch 16 and 32, SSD300 at batch 2;
+                                                    # 2 threads, then 1 thread
+    python benchmarks/model.py --quick --allow-busy # smoke run: the small model at batch 4, seconds
     python benchmarks/model.py --device cuda [--quick]      (the GPU machine)
 
-Cases: the small model at batch 32 (the training command's hot loop) and SSD300 at batch 2 (batch 1
-with --quick). For each: the forward pass (training mode, as in a training step) and forward +
-backward (parameter gradients; neither side computes dL/d(image)), per image. The PyTorch network is
+For each case: the forward pass (training mode, as in a training step) and forward + backward
+(parameter gradients; neither side computes dL/d(image)), per image. The PyTorch network is
 minissd/model/torch_reference.py: the same layers and weights, built from the same config, running on
-PyTorch's own CPU convolutions (oneDNN); torch.set_num_threads and minissd's OpenBLAS/OpenMP threads
-are set to the same --threads.
+PyTorch's own CPU convolutions (oneDNN). torch.set_num_threads and minissd's set_num_threads get the
+same count.
 
-Prints a Markdown table of best-of-`repeat` times. The times are process CPU time divided by the
-thread count (wall time inflates with other processes on a shared machine; CPU time does not);
-compare the ratios, and read the absolute times as a lower bound on wall time.
+The rules of benchmarks/_bench.py apply: interleaved rounds (minissd, PyTorch, minissd, ...), medians
+with [min-max], the ratio as the median of per-round ratios, the load average before and after each
+table (rows marked BUSY and exit status 3 above 0.5 + threads, unless --allow-busy), and the
+convolutions' GFLOP/s (forward 2*N*F*OH*OW*C*KH*KW, backward twice that, none for the image's
+gradient) next to the fp32 peak of the cores in use.
 
 With ``--device cuda``: minissd on CuPy against torchvision's ``ssd300_vgg16`` (backbone + head, the
 same network; random weights, fp32, TF32 off in both) at batch 8 and 32 (8 with --quick), and the
-small model against its PyTorch twin on the GPU at batch 32; best wall time of `repeat` after a
+small model against its PyTorch twin on the GPU at batch 32; best wall time of the repeats after a
 warm-up, the GPU synchronised around each call.
 """
 from __future__ import annotations
@@ -27,41 +30,48 @@ import platform
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _bench  # noqa: E402
+
+
+def _batches(text):
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch list must be comma-separated ints, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return vals
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="SSD300 at batch 1, one repeat (about a minute)")
-    p.add_argument("--threads", type=int, default=1, help="threads for both implementations (default 1)")
-    p.add_argument("--repeat", type=int, default=3, help="timed repeats per case, best kept (default 3)")
-    p.add_argument("--small-batch", type=int, default=32)
-    p.add_argument("--ssd300-batch", type=int, default=None, help="default 2 (1 with --quick)")
+    _bench.add_common_args(p)
+    p.add_argument("--small-batches", type=_batches, default=[16, 32], help="default 16,32")
+    p.add_argument("--ssd300-batch", type=int, default=None, help="default 2 (8 and 32 on cuda)")
     p.add_argument("--skip-ssd300", action="store_true")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    _bench.check_repeats(args.repeats)
+    return args
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
-if ARGS is not None:
-    # BLAS reads its thread count when numpy loads, so this comes first.
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from minissd.model import build_model  # noqa: E402
+from minissd.model.configs import describe  # noqa: E402
 
 
-def best_cpu(fn, repeat, threads):
-    """Best process CPU time / threads over ``repeat`` calls after one warm-up, in seconds."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.process_time()
-        fn()
-        times.append((time.process_time() - t) / threads)
-    return min(times)
+def conv_flops(model, batch) -> int:
+    """Forward + backward flops of the model's convolutions (heads included, no dL/d(image))."""
+    macs = sum(r["macs"] for r in describe(model.config, model.num_classes))
+    first = next(r["macs"] for r in describe(model.config) if r["macs"])
+    return 2 * batch * (3 * macs - first)
 
 
 def make_passes(model, x, d_loc, d_conf, ref_net, ref_params, xt, d_loc_t, d_conf_t):
@@ -92,7 +102,8 @@ def make_passes(model, x, d_loc, d_conf, ref_net, ref_params, xt, d_loc_t, d_con
     return ours_fwd, ours_step, ref_fwd, ref_step
 
 
-def bench_case(name, num_classes, batch, repeat, threads):
+def cpu_case(name, num_classes, batch):
+    """(label, minissd fn, PyTorch fn) for forward and forward+backward, and the conv flops of each."""
     import torch
 
     from minissd.model.torch_reference import build_torch_reference
@@ -108,16 +119,11 @@ def bench_case(name, num_classes, batch, repeat, threads):
     d_loc = rng.standard_normal(loc.shape).astype(np.float32)
     d_conf = rng.standard_normal(conf.shape).astype(np.float32)
     xt, d_loc_t, d_conf_t = torch.as_tensor(x), torch.as_tensor(d_loc), torch.as_tensor(d_conf)
-
     ours_fwd, ours_step, torch_fwd, torch_step = make_passes(model, x, d_loc, d_conf, ref, list(ref.parameters()),
                                                              xt, d_loc_t, d_conf_t)
-
-    rows = []
-    for label, ours, theirs in (("forward", ours_fwd, torch_fwd), ("forward+backward", ours_step, torch_step)):
-        t_ours = best_cpu(ours, repeat, threads) / batch
-        t_torch = best_cpu(theirs, repeat, threads) / batch
-        rows.append((name, batch, label, t_ours * 1e3, t_torch * 1e3, t_ours / t_torch))
-    return rows
+    step_flops = conv_flops(model, batch)
+    fwd_flops = 2 * batch * sum(r["macs"] for r in describe(model.config, num_classes))
+    return model, [("forward", ours_fwd, torch_fwd, fwd_flops), ("forward+backward", ours_step, torch_step, step_flops)]
 
 
 def best_wall(fn, repeat, sync):
@@ -204,10 +210,11 @@ def main_gpu(args) -> int:
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    cases = [("small", 5, args.small_batch, args.repeat)]
+    repeat = args.repeats or 3
+    cases = [("small", 5, 32, repeat)]
     if not args.skip_ssd300:
         batches = [args.ssd300_batch] if args.ssd300_batch else ([8] if args.quick else [8, 32])
-        cases += [("ssd300", 91, b, args.repeat) for b in batches]
+        cases += [("ssd300", 91, b, repeat) for b in batches]
     dev = cupy.cuda.runtime.getDeviceProperties(0)["name"]
     dev = dev.decode() if isinstance(dev, bytes) else dev
     print(f"# minissd (CuPy {cupy.__version__}) vs PyTorch {torch.__version__} on {dev}, fp32, TF32 off")
@@ -225,23 +232,46 @@ def main(args) -> int:
         return main_gpu(args)
     import torch
 
-    torch.set_num_threads(args.threads)
     from minissd.nn import set_num_threads
 
-    set_num_threads(args.threads)
-    cases = [("small", 5, args.small_batch, args.repeat)]
-    if not args.skip_ssd300:
-        batch = args.ssd300_batch or (1 if args.quick else 2)
-        cases.append(("ssd300", 21, batch, 1 if args.quick else max(1, args.repeat - 1)))
-    print(f"# minissd vs PyTorch {torch.__version__} (CPU), {args.threads} thread(s), numpy {np.__version__}, "
-          f"{platform.processor() or platform.machine()}")
-    print()
-    print("| model | batch | pass | minissd ms/img | PyTorch ms/img | minissd / PyTorch |")
-    print("|---|---:|---|---:|---:|---:|")
-    for name, m, batch, repeat in cases:
-        for row in bench_case(name, m, batch, repeat, args.threads):
-            print("| {} | {} | {} | {:.2f} | {:.2f} | {:.2f} |".format(*row), flush=True)
-    return 0
+    repeats = args.repeats or (2 if args.quick else 5)
+    cases = [("small", 6, b) for b in ([4] if args.quick else args.small_batches)]
+    if not (args.skip_ssd300 or args.quick):
+        cases.append(("ssd300", 21, args.ssd300_batch or 2))
+    print(f"# minissd SSD vs its PyTorch twin {torch.__version__} (CPU), float32, training mode")
+    print(f"\n{_bench.machine_line(args.threads)}; {platform.python_version()}")
+    print(f"per image: median [min-max] of {repeats} interleaved rounds, {args.clock} clock; ratio = median of "
+          f"per-round ratios [min-max]; GFLOP/s: the convolutions' flops / median time")
+    recorder = _bench.Recorder(args.allow_busy)
+    clock = _bench.cpu_peak(1)["clock_ghz"]
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        set_num_threads(threads)
+        peak = _bench.cpu_peak(threads, clock)["gflops"]
+        lines = []
+        with _bench.LoadGuard(threads) as guard:
+            for name, m, batch in cases:
+                model, passes = cpu_case(name, m, batch)
+                for label, ours, theirs, flops in passes:
+                    a, b = _bench.interleaved([ours, theirs], repeats, args.clock)
+                    sa, sb, r = _bench.Stat(a), _bench.Stat(b), _bench.ratio_stat(a, b)
+                    pct = f"{100 * flops / sa.median / 1e9 / peak:.0f}" if peak else "n/a"
+                    lines.append(f"| {name} | {batch} | {label} | {sa.fmt(1e3 / batch, 2)} | "
+                                 f"{sb.fmt(1e3 / batch, 2)} | {r.fmt(1, 2)} | {flops / sa.median / 1e9:.0f} | "
+                                 f"{flops / sb.median / 1e9:.0f} | {pct} |")
+                    print(".", end="", file=sys.stderr, flush=True)
+                model.clear_cache()
+        print(file=sys.stderr)
+        recorder.note(guard)
+        mark = " BUSY |" if guard.busy else " |"
+        print(f"\n### {threads} thread(s)\n")
+        print("| model | batch | pass | minissd ms/img | PyTorch ms/img | minissd / PyTorch | minissd GFLOP/s | "
+              "PyTorch GFLOP/s | minissd % of peak | |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
+        for line in lines:
+            print(line + mark)
+        print(f"\n{guard.line()}", flush=True)
+    return recorder.exit_code()
 
 
 if __name__ == "__main__":

@@ -48,6 +48,33 @@ cdef extern from *:
     }
     MINISSD_KERNELS(float, f)
     MINISSD_KERNELS(double, d)
+
+    /* A chain of dependent register-register adds (x += x), 16 per iteration: each waits for the
+       previous one, and such an add has a latency of one cycle on every x86 core since the P6, so n
+       iterations take 16*n cycles (the loop counter runs beside the chain). Not `add $1`: recent
+       Intel cores fold immediate adds at rename, faster than one a cycle. benchmarks/_bench.py times
+       this for the clock. Returns 16*n (-1 off x86). */
+    static long long minissd_add_chain(long long n) {
+        long long x = 1;
+    #if defined(__x86_64__) || defined(__i386__)
+        for (long long i = 0; i < n; ++i) {
+            /* one add per statement: no newlines inside this string (it passes through a Python literal) */
+            __asm__ __volatile__("add %0, %0" : "+r"(x)); __asm__ __volatile__("add %0, %0" : "+r"(x));
+            __asm__ __volatile__("add %0, %0" : "+r"(x)); __asm__ __volatile__("add %0, %0" : "+r"(x));
+            __asm__ __volatile__("add %0, %0" : "+r"(x)); __asm__ __volatile__("add %0, %0" : "+r"(x));
+            __asm__ __volatile__("add %0, %0" : "+r"(x)); __asm__ __volatile__("add %0, %0" : "+r"(x));
+            __asm__ __volatile__("add %0, %0" : "+r"(x)); __asm__ __volatile__("add %0, %0" : "+r"(x));
+            __asm__ __volatile__("add %0, %0" : "+r"(x)); __asm__ __volatile__("add %0, %0" : "+r"(x));
+            __asm__ __volatile__("add %0, %0" : "+r"(x)); __asm__ __volatile__("add %0, %0" : "+r"(x));
+            __asm__ __volatile__("add %0, %0" : "+r"(x)); __asm__ __volatile__("add %0, %0" : "+r"(x));
+        }
+        (void)x;
+        return 16 * n;
+    #else
+        (void)n;
+        return -1;
+    #endif
+    }
     """
     void minissd_relu_fwd_f(const float* x, float* y, Py_ssize_t n) nogil
     void minissd_relu_fwd_d(const double* x, double* y, Py_ssize_t n) nogil
@@ -55,6 +82,7 @@ cdef extern from *:
     void minissd_relu_bwd_d(const double* y, const double* dy, double* dx, Py_ssize_t n) nogil
     void minissd_pool2_f(const float* x, float* y, int* am, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW) nogil
     void minissd_pool2_d(const double* x, double* y, int* am, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW) nogil
+    long long minissd_add_chain(long long n) nogil
 
 
 
@@ -268,3 +296,12 @@ def relu_backward(const floating[::1] y, const floating[::1] dy, floating[::1] d
             minissd_relu_bwd_f(&y[0], &dy[0], &dx[0], n)
         else:
             minissd_relu_bwd_d(&y[0], &dy[0], &dx[0], n)
+
+
+def add_chain(long long n):
+    """Run 16*n dependent one-cycle integer adds (x86 only); returns 16*n, or -1 where not built for
+    x86. Timing it gives the core's clock: benchmarks/_bench.py (measured_clock_ghz)."""
+    cdef long long r
+    with nogil:
+        r = minissd_add_chain(n)
+    return r

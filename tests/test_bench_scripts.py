@@ -1,0 +1,92 @@
+"""The A/B benchmark rules (benchmarks/_bench.py) and a smoke run of each benchmark script's --quick mode.
+
+No timing is asserted: the smoke runs only prove that the scripts run and print their tables."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import requires_torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import _bench  # noqa: E402
+
+
+def test_busy_threshold_and_guard(monkeypatch):
+    assert _bench.busy_threshold(2) == 2.5 and _bench.busy_threshold(1) == 1.5
+    loads = iter([1.0, 2.6])
+    monkeypatch.setattr(_bench, "load1", lambda: next(loads))
+    with _bench.LoadGuard(2) as g:
+        pass
+    assert g.before == 1.0 and g.after == 2.6 and g.busy and "BUSY" in g.line()
+    rec = _bench.Recorder(allow_busy=False)
+    rec.note(g)
+    assert rec.exit_code() == _bench.BUSY_EXIT
+    assert _bench.Recorder(allow_busy=True).exit_code() == 0
+    monkeypatch.setattr(_bench, "load1", lambda: 2.5)
+    with _bench.LoadGuard(2) as quiet:
+        pass
+    assert not quiet.busy and "quiet" in quiet.line()
+    monkeypatch.setattr(_bench, "load1", lambda: float("nan"))   # unknown load is not quiet
+    with _bench.LoadGuard(2) as unknown:
+        pass
+    assert unknown.busy
+
+
+def test_interleaved_runs_rounds_in_turn():
+    calls = []
+    times = _bench.interleaved([lambda: calls.append("a"), lambda: calls.append("b")], 3, warmup=1)
+    assert calls == ["a", "b"] * 4 and [len(t) for t in times] == [3, 3]
+    with pytest.raises(ValueError, match="repeats"):
+        _bench.interleaved([lambda: None], 0)
+
+
+def test_stat_and_ratio():
+    s = _bench.Stat([3.0, 1.0, 2.0])
+    assert (s.median, s.min, s.max) == (2.0, 1.0, 3.0)
+    assert s.fmt(1000, 0) == "2000 [1000-3000]"
+    r = _bench.ratio_stat([2.0, 4.0, 9.0], [1.0, 1.0, 3.0])
+    assert r.median == 3.0 and r.min == 2.0 and r.max == 4.0
+    with pytest.raises(ValueError):
+        _bench.ratio_stat([1.0], [1.0, 2.0])
+
+
+def test_flops_and_peak():
+    f = _bench.conv_flops(2, 3, 4, 5, 5, 3, 3)
+    assert f["forward"] == 2 * 2 * 4 * 25 * 3 * 9 and f["total"] == 3 * f["forward"]
+    assert _bench.conv_flops(2, 3, 4, 5, 5, 3, 3, input_grad=False)["total"] == 2 * f["forward"]
+    assert _bench.fma_lanes({"avx512f", "avx2", "fma"}) == 16
+    assert _bench.fma_lanes({"avx2", "fma"}) == 8 and _bench.fma_lanes({"sse2"}) == 0
+    peak = _bench.cpu_peak(2, clock_ghz=3.0)
+    if peak["lanes"]:
+        assert peak["gflops"] == pytest.approx(2 * peak["lanes"] * 2 * 2 * 3.0)
+    clock = _bench.measured_clock_ghz(trials=3, loops=10_000)
+    assert clock is None or 0.2 < clock < 10.0
+
+
+def test_thread_list():
+    assert _bench.thread_list("2,1") == [2, 1] and _bench.thread_list("1,1") == [1]
+    for bad in ("0", "a", ""):
+        with pytest.raises(Exception, match="--threads"):
+            _bench.thread_list(bad)
+
+
+def _run(args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@requires_torch
+@pytest.mark.parametrize("script", ["benchmarks/conv.py", "benchmarks/model.py"])
+def test_quick_mode_runs(script):
+    out = _run([script, "--quick", "--allow-busy", "--threads", "1", "--repeats", "1"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "minissd / " in out.stdout and "load average (1 min) before" in out.stdout
+    assert "fp32 peak" in out.stdout
+
+
+def test_bad_threads_is_a_clear_error():
+    out = _run(["benchmarks/conv.py", "--threads", "0"])
+    assert out.returncode == 2 and "--threads" in out.stderr
