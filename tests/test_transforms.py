@@ -244,3 +244,110 @@ def test_bad_settings_name_the_argument(kwargs, word):
     kwargs = {"size": 8, **kwargs}
     with pytest.raises(ValueError, match=word):
         TrainTransform(**kwargs)
+
+
+# -- Caffe's variants of three steps (photometric_variant, crop_variant, resize_variant) -------------
+def _hue_only(variant, hue):
+    """A distortion that changes the hue by ``hue`` only (degrees for minissd, OpenCV units for caffe)."""
+    from minissd.data.transforms import _Distortion
+
+    d = _Distortion(np.random.default_rng(0), prob=0.0, variant=variant)
+    d.hue, d.contrast_first = hue, True
+    return d
+
+
+def test_caffe_hue_clamps_below_red_where_minissd_wraps():
+    # (255, 43, 0) has hue 10 degrees. minissd turns it by -18 degrees to -8 = 352 degrees: a red with some
+    # blue. Caffe adds -10 OpenCV units (-20 degrees) to the 8-bit hue 5 and saturates at 0: pure red.
+    image = np.full((4, 4, 3), (255, 43, 0), np.uint8)
+    wrapped = _hue_only("minissd", -18.0)(image)[0, 0]
+    clamped = _hue_only("caffe", -10)(image)[0, 0]
+    assert wrapped[0] == 255 and wrapped[1] == 0 and wrapped[2] > 20
+    assert tuple(clamped) == (255, 0, 0)
+
+
+def test_caffe_hue_wraps_past_the_top_and_is_in_two_degree_units():
+    # (255, 0, 43) has hue 350 degrees; +17 OpenCV units = +34 degrees -> 24 degrees, an orange: OpenCV's
+    # HSV -> BGR reads the 8-bit hue modulo 180, so the top end wraps (179 + 18 never reaches 255).
+    out = _hue_only("caffe", 17)(np.full((2, 2, 3), (255, 0, 43), np.uint8))[0, 0]
+    assert out[0] == 255 and out[2] == 0 and 90 <= out[1] <= 115   # 24 degrees: G = 255 * 24 / 60 = 102
+    # the same +17 read in minissd's degrees lands at 7 degrees: G = 255 * 7 / 60 = 30
+    out = _hue_only("minissd", 17.0)(np.full((2, 2, 3), (255, 0, 43), np.uint8))[0, 0]
+    assert out[0] == 255 and out[2] == 0 and 10 <= out[1] <= 40   # (Pillow quantises the hue to 256 steps)
+
+
+def test_caffe_hue_delta_is_truncated_to_whole_units():
+    from minissd.data.transforms import _Distortion
+
+    hues = [_Distortion(np.random.default_rng(s), prob=1.0, hue_delta=18.0, variant="caffe").hue for s in range(200)]
+    assert all(isinstance(h, int) and -17 <= h <= 17 for h in hues) and min(hues) < -10 and max(hues) > 10
+    minissd = [_Distortion(np.random.default_rng(s), prob=1.0, hue_delta=18.0).hue for s in range(200)]
+    assert [int(h) for h in minissd] == hues   # the same draws, read in other units
+
+
+def test_caffe_crop_accepts_a_patch_without_any_object_centre():
+    # one object covering the whole image: a patch of scale s has IoU s^2 with it, so min IoU 0.1 accepts
+    # every s >= 0.32, most of which miss the centre (50, 50). minissd's rule rejects those.
+    boxes = np.array([[0.0, 0.0, 100.0, 100.0]])
+
+    def has_centre(p):
+        return p[0] <= 50 <= p[2] and p[1] <= 50 <= p[3]
+
+    caffe = [sample_crop(boxes, 100, 100, np.random.default_rng(s), min_ious=(0.1,), require_centre=False)
+             for s in range(40)]
+    minissd = [sample_crop(boxes, 100, 100, np.random.default_rng(s), min_ious=(0.1,)) for s in range(40)]
+    assert any(not has_centre(p) for p in caffe)
+    assert all(has_centre(p) for p in minissd)
+    for p in caffe:   # the IoU is still tested
+        assert iou(np.array([p]), boxes)[0, 0] >= 0.1 - 1e-12
+
+
+def test_caffe_crop_can_keep_no_object():
+    image = np.full((100, 100, 3), 90, np.uint8)
+    boxes = np.array([[0.0, 0.0, 100.0, 100.0]], np.float32)
+    labels = np.array([1])
+    kept = {"caffe": [], "minissd": []}
+    for variant in kept:
+        t = TrainTransform(32, photometric=False, expand=False, flip=False, crop_variant=variant)
+        for s in range(60):
+            _, b, lab = t(image, boxes, labels, np.random.default_rng(s))
+            assert len(b) == len(lab)
+            kept[variant].append(len(b))
+    assert 0 in kept["caffe"] and 0 not in kept["minissd"]
+
+
+def test_caffe_resize_draws_one_of_five_filters_per_image():
+    from minissd.data.transforms import CAFFE_RESIZE_FILTERS
+
+    rng0 = np.random.default_rng(9)
+    image = rng0.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    t = TrainTransform(24, mean=0.0, std=1.0, photometric=False, expand=False, crop=False, flip=False,
+                       resize_variant="caffe")
+    used = set()
+    for s in range(40):
+        chw, _, _ = t(image, np.zeros((0, 4)), np.zeros(0, int), np.random.default_rng(s))
+        k = int(np.random.default_rng(s).integers(5))   # the transform's only draw
+        expected = render(image, 24, t.fill, resample=CAFFE_RESIZE_FILTERS[k])
+        np.testing.assert_array_equal(chw, expected.transpose(2, 0, 1).astype(np.float32))
+        used.add(k)
+    assert used == set(range(5))
+    plain = TrainTransform(24, mean=0.0, std=1.0, photometric=False, expand=False, crop=False, flip=False)
+    chw, _, _ = plain(image, np.zeros((0, 4)), np.zeros(0, int), np.random.default_rng(0))
+    np.testing.assert_array_equal(chw, render(image, 24, plain.fill).transpose(2, 0, 1).astype(np.float32))
+
+
+def test_minissd_variants_are_the_default_and_unchanged_by_the_options():
+    image, boxes = _channel_boxes_image(np.random.default_rng(4), 90, 120, 3)
+    labels = np.arange(3)
+    a = TrainTransform(48)(image, boxes, labels, np.random.default_rng(11))
+    b = TrainTransform(48, photometric_variant="minissd", crop_variant="minissd", resize_variant="minissd")(
+        image, boxes, labels, np.random.default_rng(11))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert repr(TrainTransform(48)) == "TrainTransform(size=48, steps=['photometric', 'expand', 'crop', 'flip'])"
+
+
+@pytest.mark.parametrize("name", ["photometric_variant", "crop_variant", "resize_variant"])
+def test_unknown_variant_names_the_argument(name):
+    with pytest.raises(ValueError, match=name):
+        TrainTransform(32, **{name: "opencv"})

@@ -17,6 +17,20 @@
 4. horizontal flip with probability 1/2;
 5. resize to ``size`` x ``size`` (bilinear) and normalise: (pixel - mean) / std, channel-first.
 
+Where the authors' Caffe code does a step differently, both are here as named variants
+(``photometric_variant``, ``crop_variant``, ``resize_variant``: "minissd", the default, or "caffe"):
+
+* hue: minissd turns the hue by up to ``hue_delta`` degrees and wraps around the colour circle. Caffe's
+  ``hue_delta: 18`` is in OpenCV's 8-bit hue units (0..179, 2 degrees each: +-36 degrees; the float
+  delta is truncated to whole units) and is added with saturation to 0..255: a red pixel pushed below
+  hue 0 *clamps* at 0 (stays pure red), while one pushed past 179 wraps (OpenCV's HSV->BGR reads the
+  hue modulo 180);
+* crop: minissd also requires at least one object centre inside a sampled patch; Caffe's samplers test
+  only the IoU, and objects are then kept by centre (``emit_constraint: CENTER``), so a Caffe patch
+  may keep no object at all;
+* resize: minissd resizes bilinearly; Caffe draws one of LINEAR, AREA, NEAREST, CUBIC, LANCZOS4 per
+  image (``interp_mode`` in ssd_pascal.py), here Pillow's BILINEAR, BOX, NEAREST, BICUBIC, LANCZOS.
+
 Expansion, crop and resize are composed into one affine map and rendered in one step: only the part
 of the source image that lands in the output is resized, straight from the source pixels (Pillow
 ``resize(box=...)``), and the rest is mean fill. That keeps a 4x zoom-out as cheap as no zoom and
@@ -35,6 +49,16 @@ from ..boxes import iou
 from ..model.configs import UNIT_STD, VGG_MEAN  # the one definition: RGB order, 0..255 pixel units
 
 CROP_MIN_IOUS = (None, 0.1, 0.3, 0.5, 0.7, 0.9)  # None: a random patch with no overlap constraint
+VARIANTS = ("minissd", "caffe")
+# Caffe's five resize modes (ssd_pascal.py interp_mode) as Pillow filters: LINEAR, AREA, NEAREST,
+# CUBIC, LANCZOS4.
+CAFFE_RESIZE_FILTERS = (Image.BILINEAR, Image.BOX, Image.NEAREST, Image.BICUBIC, Image.LANCZOS)
+
+
+def _check_variant(value, name: str) -> str:
+    if value not in VARIANTS:
+        raise ValueError(f"{name}: expected one of {VARIANTS}, got {value!r}")
+    return value
 
 
 def _as_channels(value, name: str) -> np.ndarray:
@@ -91,12 +115,15 @@ class _Distortion:
     """The random draws of one photometric distortion, applied by calling it on an image."""
 
     def __init__(self, rng, brightness_delta=32.0, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5),
-                 hue_delta=18.0, channel_swap_prob=0.0, prob=0.5):
+                 hue_delta=18.0, channel_swap_prob=0.0, prob=0.5, variant="minissd"):
+        self.variant = _check_variant(variant, "variant")
         self.brightness = rng.uniform(-brightness_delta, brightness_delta) if rng.random() < prob else None
         self.contrast_first = rng.random() < 0.5
         self.contrast = rng.uniform(*contrast_range) if rng.random() < prob else None
         self.saturation = rng.uniform(*saturation_range) if rng.random() < prob else None
         self.hue = rng.uniform(-hue_delta, hue_delta) if rng.random() < prob else None
+        if self.hue is not None and self.variant == "caffe":
+            self.hue = int(self.hue)   # Caffe: a float delta handed to an int parameter (truncated)
         self.channels = rng.permutation(3) if channel_swap_prob > 0 and rng.random() < channel_swap_prob else None
 
     def _contrast(self, img):
@@ -114,7 +141,9 @@ class _Distortion:
             hsv = np.array(Image.fromarray(img).convert("HSV"))  # (H, W, 3) uint8, hue 0..255 = 0..360 deg
             if self.saturation is not None:
                 hsv[:, :, 1] = _to_uint8(hsv[:, :, 1].astype(np.float32) * np.float32(self.saturation))
-            if self.hue is not None:
+            if self.hue is not None and self.variant == "caffe":
+                hsv[:, :, 0] = caffe_hue_shift(hsv[:, :, 0], self.hue)
+            elif self.hue is not None:
                 shift = int(round(self.hue * 256.0 / 360.0))
                 hsv[:, :, 0] = (hsv[:, :, 0].astype(np.int16) + shift) % 256  # hue is an angle: wrap
             img = np.asarray(Image.fromarray(hsv, mode="HSV").convert("RGB"))
@@ -125,25 +154,41 @@ class _Distortion:
         return img
 
 
+def caffe_hue_shift(hue_pil, delta_cv: int) -> np.ndarray:
+    """Caffe's AdjustHue on a Pillow hue channel (0..255 = 0..360 degrees): uint8 (H, W) -> same.
+
+    Caffe adds ``delta_cv`` OpenCV hue units (2 degrees each) to the 8-bit hue 0..179 with saturation
+    to 0..255, and OpenCV's HSV->BGR reads the result modulo 180. So a hue pushed below 0 clamps at 0
+    (red stays red: no wrap to magenta), one pushed past 179 wraps around (179 + 18 = 197 never reaches
+    the 255 clamp). Here the same in Pillow's 256-step hue.
+    """
+    shift = int(round(2.0 * delta_cv * 256.0 / 360.0))
+    hue = hue_pil.astype(np.int16) + shift
+    return np.where(hue < 0, 0, hue % 256).astype(np.uint8)
+
+
 def photometric_distort(image, rng, brightness_delta=32.0, contrast_range=(0.5, 1.5),
-                        saturation_range=(0.5, 1.5), hue_delta=18.0, channel_swap_prob=0.0, prob=0.5):
+                        saturation_range=(0.5, 1.5), hue_delta=18.0, channel_swap_prob=0.0, prob=0.5,
+                        variant="minissd"):
     """Random brightness, contrast, saturation, hue and channel order: (H, W, 3) uint8 -> same.
 
     Each of brightness, contrast, saturation and hue applies with probability ``prob``; contrast is
     applied before or after the saturation/hue pair with probability 1/2 each (Caffe's two orders).
-    Brightness adds a delta, contrast and saturation scale, hue turns by up to ``hue_delta`` degrees
-    (wrapping around the colour circle); every step saturates to 0..255.
+    Brightness adds a delta, contrast and saturation scale; every step saturates to 0..255. The hue:
+    ``variant="minissd"`` turns it by up to ``hue_delta`` degrees, wrapping around the colour circle;
+    ``variant="caffe"`` reads ``hue_delta`` in OpenCV's 8-bit hue units (2 degrees each; ssd_pascal.py's
+    18 is +-36 degrees), truncates the delta to whole units, and clamps at hue 0 (`caffe_hue_shift`).
     Paper: section 2.2 "Data augmentation" (photometric distortions, as in Howard 2013).
     """
     return _Distortion(rng, brightness_delta, contrast_range, saturation_range, hue_delta,
-                       channel_swap_prob, prob)(np.asarray(image))
+                       channel_swap_prob, prob, variant)(np.asarray(image))
 
 
 # --------------------------------------------------------------------------------------------------
 # 3. The min-IoU crop (Caffe batch samplers).
 
 def sample_crop(boxes_px, width, height, rng, min_ious=CROP_MIN_IOUS, min_scale=0.3, max_scale=1.0,
-                aspect_range=(0.5, 2.0), max_trials=50):
+                aspect_range=(0.5, 2.0), max_trials=50, require_centre: bool = True):
     """Choose a crop patch of a ``width`` x ``height`` image with objects ``boxes_px`` (G, 4).
 
     Returns the patch (x1, y1, x2, y2) in pixels (float). The candidates are the whole image and, per
@@ -151,6 +196,8 @@ def sample_crop(boxes_px, width, height, rng, min_ious=CROP_MIN_IOUS, min_scale=
     patch); one found candidate is drawn uniformly, as Caffe's GenerateBatchSamples + random pick.
     A patch of scale s and aspect a has normalised width s sqrt(a) and height s / sqrt(a), with a
     limited to [max(a_min, s^2), min(a_max, 1 / s^2)] so that the patch fits in the image.
+    ``require_centre`` (minissd's rule): a patch must also hold at least one object's centre; False is
+    Caffe's sampler, which tests the IoU only (the caller keeps objects by centre, so a patch may keep none).
     Paper: section 2.2 "Data augmentation".
     """
     whole = (0.0, 0.0, float(width), float(height))
@@ -179,7 +226,9 @@ def sample_crop(boxes_px, width, height, rng, min_ious=CROP_MIN_IOUS, min_scale=
     thresholds = np.array([-1.0 if t is None else float(t) for t in min_ious])
     # The "or": one object reaching the threshold is enough (Caffe). ssd.pytorch's
     # `if overlap.min() < min_iou and max_iou < overlap.max(): continue` never rejects anything.
-    meets = (overlap >= np.repeat(thresholds, max_trials)[:, None]).any(1) & centre_in.any(1)
+    meets = (overlap >= np.repeat(thresholds, max_trials)[:, None]).any(1)
+    if require_centre:
+        meets &= centre_in.any(1)
     meets = meets.reshape(k, max_trials)
     candidates = [whole]
     for s in range(k):
@@ -192,7 +241,8 @@ def sample_crop(boxes_px, width, height, rng, min_ious=CROP_MIN_IOUS, min_scale=
 # --------------------------------------------------------------------------------------------------
 # Rendering: expansion + crop + resize as one map from source pixels to output pixels.
 
-def render(image, size: int, fill, offset=(0, 0), canvas_size=None, crop=None, distort=None) -> np.ndarray:
+def render(image, size: int, fill, offset=(0, 0), canvas_size=None, crop=None, distort=None,
+           resample=Image.BILINEAR) -> np.ndarray:
     """The ``size`` x ``size`` uint8 image seen through ``crop`` of the expanded canvas.
 
     The source ``image`` (H, W, 3) sits at integer ``offset`` (ox, oy) on a canvas of ``canvas_size``
@@ -200,7 +250,7 @@ def render(image, size: int, fill, offset=(0, 0), canvas_size=None, crop=None, d
     pixels, stretched to the output. Only the visible part of the source is resized (bilinear,
     antialiased when shrinking), so a 4x zoom-out costs no more than no zoom. ``distort``, if given,
     maps the resized source piece (h, w, 3) uint8 to a new one before it is pasted (the fill stays the
-    mean, as when the distortion comes before the zoom-out).
+    mean, as when the distortion comes before the zoom-out). ``resample``: the Pillow filter.
     """
     distort = distort or (lambda piece: piece)
     height, width = image.shape[:2]
@@ -217,7 +267,7 @@ def render(image, size: int, fill, offset=(0, 0), canvas_size=None, crop=None, d
     dy1 = int(round(min(max((oy - cy1) * sy, 0.0), size)))
     dy2 = int(round(min(max((oy + height - cy1) * sy, 0.0), size)))
     if (dx1, dy1, dx2, dy2) == (0, 0, size, size) and ox == 0 and oy == 0 and crop == (0.0, 0.0, width, height):
-        return distort(np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR)))
+        return distort(np.asarray(Image.fromarray(image).resize((size, size), resample)))
     out = np.empty((size, size, 3), np.uint8)
     out[...] = fill
     if dx2 > dx1 and dy2 > dy1:
@@ -225,7 +275,7 @@ def render(image, size: int, fill, offset=(0, 0), canvas_size=None, crop=None, d
         src = (min(max(cx1 + dx1 / sx - ox, 0.0), width), min(max(cy1 + dy1 / sy - oy, 0.0), height),
                min(max(cx1 + dx2 / sx - ox, 0.0), width), min(max(cy1 + dy2 / sy - oy, 0.0), height))
         if src[2] > src[0] and src[3] > src[1]:
-            piece = Image.fromarray(image).resize((dx2 - dx1, dy2 - dy1), Image.BILINEAR, box=src)
+            piece = Image.fromarray(image).resize((dx2 - dx1, dy2 - dy1), resample, box=src)
             out[dy1:dy2, dx1:dx2] = distort(np.asarray(piece))
     return out
 
@@ -253,7 +303,10 @@ class TrainTransform:
     crop_max_trials : trials per sampler (50).
     flip_prob : horizontal flip probability (0.5).
     brightness_delta, contrast_range, saturation_range, hue_delta, channel_swap_prob, photometric_prob :
-        the photometric settings of ssd_pascal.py.
+        the photometric settings of ssd_pascal.py (``hue_delta`` in degrees for the minissd variant, in
+        OpenCV hue units of 2 degrees for the caffe one).
+    photometric_variant, crop_variant, resize_variant : "minissd" (default) or "caffe", where the two
+        differ (see the module docstring): the hue shift, the crop's object-centre rule, the resize filter.
 
     ``__call__(image (H, W, 3) uint8, boxes_px (G, 4) xyxy, labels (G,), rng)`` returns
     ``(chw (3, S, S) float32, boxes (K, 4) float32 normalised xyxy in [0, 1], labels (K,))`` where the
@@ -267,7 +320,9 @@ class TrainTransform:
                  crop_min_scale: float = 0.3, crop_max_scale: float = 1.0, crop_aspect=(0.5, 2.0),
                  crop_min_ious=CROP_MIN_IOUS, crop_max_trials: int = 50, flip_prob: float = 0.5,
                  brightness_delta: float = 32.0, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5),
-                 hue_delta: float = 18.0, channel_swap_prob: float = 0.0, photometric_prob: float = 0.5):
+                 hue_delta: float = 18.0, channel_swap_prob: float = 0.0, photometric_prob: float = 0.5,
+                 photometric_variant: str = "minissd", crop_variant: str = "minissd",
+                 resize_variant: str = "minissd"):
         if int(size) != size or size < 1:
             raise ValueError(f"size: expected a positive integer, got {size!r}")
         if not expand_ratio >= 1.0:
@@ -281,6 +336,9 @@ class TrainTransform:
                         ("channel_swap_prob", channel_swap_prob), ("photometric_prob", photometric_prob)):
             if not 0 <= p <= 1:
                 raise ValueError(f"{name}: expected a probability in [0, 1], got {p}")
+        self.photometric_variant = _check_variant(photometric_variant, "photometric_variant")
+        self.crop_variant = _check_variant(crop_variant, "crop_variant")
+        self.resize_variant = _check_variant(resize_variant, "resize_variant")
         self.size = int(size)
         self.mean, self.std, self.inv_std = _mean_std(mean, std)
         self.fill = np.clip(np.round(self.mean), 0, 255).astype(np.uint8)
@@ -293,11 +351,13 @@ class TrainTransform:
         self.flip_prob = float(flip_prob)
         self.photometric_options = dict(brightness_delta=brightness_delta, contrast_range=contrast_range,
                                         saturation_range=saturation_range, hue_delta=hue_delta,
-                                        channel_swap_prob=channel_swap_prob, prob=photometric_prob)
+                                        channel_swap_prob=channel_swap_prob, prob=photometric_prob,
+                                        variant=photometric_variant)
 
     def __repr__(self) -> str:
         steps = [n for n in ("photometric", "expand", "crop", "flip") if getattr(self, n)]
-        return f"TrainTransform(size={self.size}, steps={steps})"
+        caffe = [n for n in ("photometric", "crop", "resize") if getattr(self, f"{n}_variant") == "caffe"]
+        return f"TrainTransform(size={self.size}, steps={steps}" + (f", caffe={caffe})" if caffe else ")")
 
     def __call__(self, image, boxes_px, labels, rng):
         image, boxes, labels = check_inputs(image, boxes_px, labels)
@@ -322,7 +382,8 @@ class TrainTransform:
         patch = (0.0, 0.0, float(canvas_w), float(canvas_h))
         if self.crop:
             patch = sample_crop(boxes_c, canvas_w, canvas_h, rng, self.crop_min_ious, self.crop_min_scale,
-                                self.crop_max_scale, self.crop_aspect, self.crop_max_trials)
+                                self.crop_max_scale, self.crop_aspect, self.crop_max_trials,
+                                require_centre=self.crop_variant == "minissd")
         px1, py1, px2, py2 = patch
         cx = 0.5 * (boxes_c[:, 0] + boxes_c[:, 2])
         cy = 0.5 * (boxes_c[:, 1] + boxes_c[:, 3])
@@ -333,7 +394,10 @@ class TrainTransform:
         np.clip(out_boxes, 0.0, 1.0, out=out_boxes)
         out_labels = labels[keep]
         # 4 + 5. Render through the composed map, flip, normalise.
-        out = render(image, self.size, self.fill, (ox, oy), (canvas_w, canvas_h), patch, distort)
+        resample = Image.BILINEAR
+        if self.resize_variant == "caffe":   # one of Caffe's five interpolation modes, per image
+            resample = CAFFE_RESIZE_FILTERS[int(rng.integers(len(CAFFE_RESIZE_FILTERS)))]
+        out = render(image, self.size, self.fill, (ox, oy), (canvas_w, canvas_h), patch, distort, resample)
         if self.flip and rng.random() < self.flip_prob:
             out = out[:, ::-1]
             out_boxes = np.stack([1.0 - out_boxes[:, 2], out_boxes[:, 1], 1.0 - out_boxes[:, 0], out_boxes[:, 3]],
