@@ -127,14 +127,15 @@ def split_spec(spec: str, split: str):
     return None
 
 
-def open_data(spec, limit=None, role="train", option="--dataset"):
+def open_data(spec, limit=None, role="train", option="--dataset", **options):
     """Open a command-line dataset spec (see `parse_spec`), optionally its first ``limit`` images.
 
-    Errors name the option: ``--dataset 'voc:x': ...``.
+    ``options`` go to `open_dataset` (e.g. keep_difficult=True). Errors name the option:
+    ``--dataset 'voc:x': ...``.
     """
     try:
         name, split = parse_spec(spec, role)
-        ds = open_dataset(name, split)
+        ds = open_dataset(name, split, **options)
     except (ValueError, FileNotFoundError) as err:
         raise ValueError(f"{option} {spec!r}: {err}") from err
     if limit:
