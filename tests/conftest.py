@@ -122,6 +122,12 @@ def pytest_report_header(config):
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("MINISSD_REQUIRE_TORCH") and not HAS_TORCH:
         raise pytest.UsageError("MINISSD_REQUIRE_TORCH is set but torch does not import")
+    if os.environ.get("MINISSD_REQUIRE_TORCHVISION"):   # .ci/run: the real-torchvision tests must run
+        try:
+            import torchvision  # noqa: F401
+        except Exception as err:   # ImportError, or a torch/torchvision version mismatch at import
+            raise pytest.UsageError(f"MINISSD_REQUIRE_TORCHVISION is set but torchvision does not import "
+                                    f"({type(err).__name__}: {err})") from None
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -101,10 +101,11 @@ def test_recipe_settings_print_at_start(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train, "resolve_device", lambda device: (_ for _ in ()).throw(ValueError("stop here")))
     train.main(["--recipe", "caffe-voc07+12", "--model", "ssd300", "--dataset", VOC, "--out", str(tmp_path / "r")])
     out = capsys.readouterr().out
-    assert out.startswith("recipe caffe-voc07+12: batch-size 32, lr 0.001, momentum 0.9, weight-decay 0.0005, "
-                          "schedule multistep, gamma 0.1, warmup 0, max-minutes 0, augment ssd, photometric caffe, "
-                          "crop caffe, resize caffe, crop-min-scale 0.3, max-expand 4, difficult train, ")
-    assert "iterations 120000, milestones 80000,100000" in out
+    assert out == ("recipe caffe-voc07+12: batch-size 32, lr 0.001, momentum 0.9, weight-decay 0.0005, "
+                   "schedule multistep, milestones 80000,100000, gamma 0.1, iterations 120000, warmup 0, "
+                   "max-minutes 0, augment ssd, photometric caffe, crop caffe, resize caffe, crop-min-scale 0.3, "
+                   "max-expand 4, difficult train, match bipartite, match-threshold 0.5, neg-pos-ratio 3, "
+                   "eval-every 10000, checkpoint-every 1000\n")
 
 
 def test_every_recipe_key_is_an_option():

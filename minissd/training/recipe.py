@@ -14,22 +14,26 @@ from ..data import TrainTransform
 from ..model import build_model
 from ..optim import SGD, WarmupCosine, WarmupMultiStep
 
-# The authors' VOC solver and data layer (ssd_pascal.py, the SSD300 VOC07+12 script; the ssd512 one
-# differs only in the model): batch 32 (batch_size 32 x iter_size 1), base_lr 0.001, momentum 0.9,
+
+# The authors' VOC solver and data layer (ssd_pascal.py, their SSD300 VOC07+12 script; the presets use
+# it for ssd512 too): batch 32 (batch_size 32 x iter_size 1), base_lr 0.001, momentum 0.9,
 # weight_decay 0.0005, lr_policy multistep, stepvalue 80000 100000, gamma 0.1, max_iter 120000, no
 # warmup; use_difficult_gt true; Caffe's photometric distortion, crop samplers and random resize.
 # The paper's VOC2007-only schedule (section 3.1): 1e-3 for 40k iterations, then 1e-4 and 1e-5 for 10k
 # each. What the presets do not fix (matching, mining, scales) is minissd's default, which is the
 # paper's. --max-minutes 0: the run is as long as the schedule says, not what fits a time budget.
-_CAFFE_VOC = dict(batch_size=32, lr=1e-3, momentum=0.9, weight_decay=5e-4, schedule="multistep", gamma=0.1,
-                  warmup=0, max_minutes=0.0, augment="ssd", photometric="caffe", crop="caffe", resize="caffe",
-                  crop_min_scale=0.3, max_expand=4.0, difficult="train", match="bipartite",
-                  match_threshold=0.5, neg_pos_ratio=3.0,
-                  # run logistics of the long run (ssd_pascal.py tests every 10000 iterations)
-                  eval_every=10000, checkpoint_every=1000)
+def _caffe_voc(iterations: int, milestones: str) -> dict:
+    return dict(batch_size=32, lr=1e-3, momentum=0.9, weight_decay=5e-4, schedule="multistep",
+                milestones=milestones, gamma=0.1, iterations=iterations, warmup=0, max_minutes=0.0,
+                augment="ssd", photometric="caffe", crop="caffe", resize="caffe", crop_min_scale=0.3,
+                max_expand=4.0, difficult="train", match="bipartite", match_threshold=0.5, neg_pos_ratio=3.0,
+                # run logistics of the long run (ssd_pascal.py tests every 10000 iterations)
+                eval_every=10000, checkpoint_every=1000)
+
+
 RECIPES = {
-    "caffe-voc07+12": dict(_CAFFE_VOC, iterations=120000, milestones="80000,100000"),
-    "caffe-voc07": dict(_CAFFE_VOC, iterations=60000, milestones="40000,50000"),
+    "caffe-voc07+12": _caffe_voc(120000, "80000,100000"),
+    "caffe-voc07": _caffe_voc(60000, "40000,50000"),
 }
 RECIPE_MODELS = ("ssd300", "ssd512")
 
