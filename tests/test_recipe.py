@@ -296,3 +296,42 @@ def test_evaluate_default_prints_the_exact_convention_only(tmp_path, capsys):
     assert re.fullmatch(r"mAP@0\.5: \d\.\d{3} \(VOC07 11-point, exact thresholds\), \d\.\d{3} \(area\)", last)
     with pytest.raises(SystemExit):
         evaluate.build_parser().parse_args(["--checkpoint", ckpt, "--ap-thresholds", "float"])
+
+
+def test_evaluate_on_a_coco_dataset_uses_the_files_own_ground_truth(tmp_path, capsys, monkeypatch):
+    """minissd.evaluate on coco: data hands pycocotools the annotation file (mask areas, crowd, ids): its
+    12 numbers are coco_evaluate_file's, and the by-size ones differ from boxes-rebuilt ground truth."""
+    pytest.importorskip("pycocotools")
+    from PIL import Image
+
+    from minissd import inference, metrics
+    from minissd.data import COCODataset
+    from test_coco import _detections_for, _sized_coco
+
+    rng = np.random.default_rng(13)
+    ann_path, images, anns = _sized_coco(tmp_path, rng)
+    for img in images:
+        Image.fromarray(np.zeros((480, 640, 3), np.uint8)).save(tmp_path / img["file_name"])
+    ds = COCODataset(ann_path, str(tmp_path))
+    detections = _detections_for(ds, anns, rng)
+    gts = [{"boxes": ds.records[i]["targets"][0], "labels": ds.records[i]["targets"][1],
+            "difficult": ds.records[i]["targets"][2]} for i in range(len(ds))]
+
+    def evaluate_model(model, dataset, **kwargs):   # the detections above instead of a network's
+        result = {"detections": detections, "ground_truths": gts, "image_ids": [str(i) for i in ds.image_ids],
+                  "sizes": [(480, 640)] * len(ds), "num_images": len(ds)}
+        result.update(inference.voc_scores(detections, gts, len(ds.class_names)))
+        return result
+
+    monkeypatch.setattr(evaluate, "load_inference_model", lambda path, device: (None, list(ds.class_names), {}))
+    monkeypatch.setattr(evaluate, "evaluate_model", evaluate_model)
+    out = tmp_path / "m.json"
+    assert evaluate.main(["--checkpoint", str(tmp_path / "x.npz"), "--dataset", f"coco:{ann_path}:{tmp_path}",
+                          "--quiet", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())["coco"]
+    official = metrics.coco_evaluate_file(ann_path, detections, ds.image_ids, ds.label_to_category)
+    rebuilt = metrics.coco_evaluate(detections, [ds.records[i]["targets"] for i in range(len(ds))],
+                                    class_names=ds.class_names)
+    for name in metrics.COCO_STAT_NAMES:
+        assert got[name] == pytest.approx(official[name], abs=1e-12), name
+    assert any(abs(got[n] - rebuilt[n]) > 1e-3 for n in ("APs", "APm", "APl", "ARs", "ARm", "ARl"))
