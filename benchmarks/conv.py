@@ -7,7 +7,7 @@
 
 The layer list is read from the model configs (minissd/model/configs.py), so it is the network's: every
 convolution of the trunk and extras, and the heads as the model runs them (one convolution per source
-map with 4k + Mk output channels: loc and conf fused, minissd/model/ssd.py), M = 6 for the small model
+map with 4k + Mk output channels: loc and conf fused, minissd/model/ssd.py), M = 5 for the small model
 (the shapes dataset) and 21 for SSD300 (VOC). Layers of identical geometry are timed once and counted
 n times in the sum. The first layer is timed as in training: no dL/d(image) on either side.
 
@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 
 from minissd.model.configs import describe, get_config  # noqa: E402
 
-NUM_CLASSES = {"small": 6, "ssd300": 21}       # the shapes dataset (5 + background), VOC (20 + background)
+NUM_CLASSES = {"small": 5, "ssd300": 21}       # the shapes dataset (4 + background), VOC (20 + background)
 BATCHES = {"small": (16, 32), "ssd300": (2,)}
 
 

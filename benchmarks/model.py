@@ -235,7 +235,7 @@ def main(args) -> int:
     from minissd.nn import set_num_threads
 
     repeats = args.repeats or (2 if args.quick else 5)
-    cases = [("small", 6, b) for b in ([4] if args.quick else args.small_batches)]
+    cases = [("small", 5, b) for b in ([4] if args.quick else args.small_batches)]
     if not (args.skip_ssd300 or args.quick):
         cases.append(("ssd300", 21, args.ssd300_batch or 2))
     print(f"# minissd SSD vs its PyTorch twin {torch.__version__} (CPU), float32, training mode")

@@ -15,8 +15,10 @@ from minissd.nn import (
     conv_output_size,
     im2col,
     im2col_ref,
+    set_num_threads,
 )
 from minissd.nn import conv as conv_mod
+from minissd.nn.conv import conv_group_backward, conv_group_forward
 from minissd.nn.init import fan_in, he_normal, init_weight, xavier_uniform
 from minissd.testing import check_layer_gradients, directional_check
 
@@ -217,6 +219,98 @@ def test_conv2d_matches_reference_property(N, C, F, H, W, kh, kw, sh, sw, ph, pw
 
 
 # ---------------------------------------------------------------------------------------------------
+# Fused layers: conv_group_forward / conv_group_backward (SSD's loc + conf heads) == separate references
+# ---------------------------------------------------------------------------------------------------
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 3), F1=st.integers(1, 4), F2=st.integers(1, 4),
+       H=st.integers(1, 9), W=st.integers(1, 9), k=st.integers(1, 3), s=st.integers(1, 3),
+       p=st.integers(0, 2), d=st.integers(1, 3), bias=st.booleans(), sum_dx=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_conv_group_matches_separate_references_property(N, C, F1, F2, H, W, k, s, p, d, bias, sum_dx, seed):
+    """The fused path (one im2col, stacked GEMMs, one col2im when sum_dx) gives each layer's output and
+    gradients of the per-tap reference, and dx_1 + dx_2."""
+    if conv_output_size(H, k, s, p, d) < 1 or conv_output_size(W, k, s, p, d) < 1:
+        return
+    g = np.random.default_rng(seed)
+    layers = [Conv2d(C, F, k, s, p, d, bias=bias, rng=g).astype(np.float64) for F in (F1, F2)]
+    if bias:
+        for c in layers:
+            c.params["b"][...] = g.standard_normal(c.out_channels)
+    x = g.standard_normal((N, C, H, W))
+    ys = conv_group_forward(layers, x)
+    dys = [g.standard_normal(y.shape) for y in ys]
+    dx = conv_group_backward(layers, dys, sum_dx=sum_dx)
+    dx_ref = 0
+    for c, y, dy in zip(layers, ys, dys, strict=True):
+        b = c.params["b"] if bias else None
+        np.testing.assert_allclose(y, conv_forward_ref(x, c.params["W"], b, s, p, d), rtol=1e-12, atol=1e-12)
+        dxi, dWi, dbi = conv_backward_ref(x, c.params["W"], dy, s, p, d)
+        dx_ref = dx_ref + dxi
+        np.testing.assert_allclose(c.grads["W"], dWi, rtol=1e-12, atol=1e-12)
+        if bias:
+            np.testing.assert_allclose(c.grads["b"], dbi, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_group_chunked_eval_and_float32_like_separate_layers(rng, monkeypatch):
+    """Chunked columns (past CACHE_BYTES) and eval mode take the same fused path; float32 agrees with
+    two separate layers to rounding; the sum of dx equals the separate dx's sum."""
+    x = rng.standard_normal((5, 3, 7, 6)).astype(np.float32)
+    mk = lambda: [Conv2d(3, f, 3, padding=1, rng=np.random.default_rng(f)) for f in (4, 6)]  # noqa: E731
+    sep, grp = mk(), mk()
+    dys = [rng.standard_normal((5, f, 7, 6)).astype(np.float32) for f in (4, 6)]
+    ys_sep = [c.forward(x) for c in sep]
+    dx_sep = sep[0].backward(dys[0]) + sep[1].backward(dys[1])
+    monkeypatch.setattr(conv_mod, "CACHE_BYTES", 0)
+    monkeypatch.setattr(conv_mod, "CHUNK_BYTES", 2 * 27 * 42 * 4)       # chunks of 2, 2, 1 images
+    ys = conv_group_forward(grp, x)
+    dx = conv_group_backward(grp, dys)
+    for a, b in zip(ys, ys_sep, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, dx_sep, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grp, sep, strict=True):
+        np.testing.assert_allclose(a.grads["W"], b.grads["W"], rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(a.grads["b"], b.grads["b"], rtol=1e-5, atol=1e-5)
+    for c in grp:
+        c.eval()
+    ys_eval = conv_group_forward(grp, x)
+    for a, b in zip(ys_eval, ys, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_conv_group_rejects_mismatched_layers(rng):
+    a = Conv2d(3, 4, 3, padding=1, rng=rng)
+    x = np.zeros((1, 3, 5, 5), np.float32)
+    for other in (Conv2d(3, 4, 3, padding=0, rng=rng), Conv2d(2, 4, 3, padding=1, rng=rng),
+                  Conv2d(3, 4, 3, padding=1, bias=False, rng=rng)):
+        with pytest.raises(ValueError, match="conv_group_forward: the layers must share"):
+            conv_group_forward([a, other], x)
+    with pytest.raises(ValueError, match="must be Conv2d"):
+        conv_group_forward([a, object()], x)
+    b = Conv2d(3, 2, 3, padding=1, rng=rng)
+    conv_group_forward([a, b], x)
+    with pytest.raises(ValueError, match=r"conv_group_backward: dy must have shape \(1, 2, 5, 5\)"):
+        conv_group_backward([a, b], [np.zeros((1, 4, 5, 5), np.float32), np.zeros((1, 4, 5, 5), np.float32)])
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_forward_bias_transpose_matches_reference_for_any_thread_count(threads, rng):
+    """The (F, N, P) -> (N, F, P) + bias copy written with out= (split over images by threads)."""
+    set_num_threads(threads)
+    try:
+        conv = Conv2d(3, 5, 3, padding=1, rng=rng).astype(np.float64)
+        conv.params["b"][...] = rng.standard_normal(5)
+        x = rng.standard_normal((4, 3, 6, 7))
+        np.testing.assert_allclose(conv.forward(x), conv_forward_ref(x, conv.params["W"], conv.params["b"], 1, 1),
+                                   rtol=1e-12, atol=1e-12)
+        nobias = Conv2d(3, 5, 3, padding=1, bias=False, rng=rng).astype(np.float64)
+        np.testing.assert_allclose(nobias.forward(x), conv_forward_ref(x, nobias.params["W"], None, 1, 1),
+                                   rtol=1e-12, atol=1e-12)
+    finally:
+        set_num_threads(0)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Buffers: the kept columns and the workspace scratch, released by clear_cache
 # ---------------------------------------------------------------------------------------------------
 def test_workspace_grows_and_clears():
@@ -241,7 +335,10 @@ def test_model_layers_share_one_workspace_and_clear_cache_releases_every_buffer(
     net.forward(x)
     convs = [net["c1"], inner["c2"]]
     assert all(c._col is not None and c._x is not None for c in convs)
+    net.eval()                                          # eval: columns come from the shared workspace
+    net.forward(x)
     assert net.workspace.nbytes > 0
+    net.train()
     net.clear_cache()
     assert all(c._col is None and c._x is None for c in convs)
     assert net.workspace.nbytes == 0
@@ -255,7 +352,7 @@ def test_chunked_scratch_lives_in_the_workspace(rng, monkeypatch):
     monkeypatch.setattr(conv_mod, "CACHE_BYTES", 0)
     conv.forward(rng.standard_normal((3, 2, 5, 5)).astype(np.float32))
     assert conv._col is None                             # nothing kept: backward unrolls again
-    assert conv.workspace.nbytes >= (2 * 9 * 3 * 25 + 3 * 3 * 25) * 4      # column chunk + output
+    assert conv.workspace.nbytes >= 2 * 9 * 3 * 25 * 4   # the column chunk (the CPU GEMMs write y directly)
     conv.clear_cache()
     assert conv.workspace.nbytes == 0
 

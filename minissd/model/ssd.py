@@ -27,6 +27,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..boxes import batched_detect, build_prior_index, decode, encode, match_batch
 from ..nn import Conv2d, L2Norm, Module
+from ..nn.conv import conv_group_backward, conv_group_forward
 from ..priors import get_config as get_prior_config
 from ..priors import make_priors, num_priors_per_location
 from .configs import as_rgb, describe, get_config, input_normalisation
@@ -216,8 +217,11 @@ class SSD(Module):
             for layer in segment:
                 h = layer.forward(h)
             f = self.l2norm.children[s].forward(h) if s in self.l2norm.children else h
-            self._put(loc, k, self.loc.children[s].forward(f))
-            self._put(conf, k, self.conf.children[s].forward(f))
+            # loc and conf read the same map: one im2col and one GEMM with their weights stacked
+            # (minissd/nn/conv.py, conv_group_forward); each head keeps its own parameters
+            y_loc, y_conf = conv_group_forward([self.loc.children[s], self.conf.children[s]], f)
+            self._put(loc, k, y_loc)
+            self._put(conf, k, y_conf)
         self._cache = n
         return loc, conf
 
@@ -262,7 +266,8 @@ class SSD(Module):
             # (N, H, W, A*D) view -> (N, A*D, H, W): the layout the head conv produced.
             dl = xp.ascontiguousarray(self._head_view(d_loc, k).transpose(0, 3, 1, 2))
             dc = xp.ascontiguousarray(self._head_view(d_conf, k).transpose(0, 3, 1, 2))
-            df = self.loc.children[s].backward(dl) + self.conf.children[s].backward(dc)  # new array
+            # dL/dx of loc + dL/dx of conf (a new array), from the columns the forward pass shared
+            df = conv_group_backward([self.loc.children[s], self.conf.children[s]], [dl, dc])
             if s in self.l2norm.children:
                 df = self.l2norm.children[s].backward(df)
             if dh is not None:

@@ -24,6 +24,13 @@ and its backward pass is three products and the adjoint of the unrolling:
 
 tests/test_conv.py checks Conv2d == conv_*_ref on random inputs, forward and backward.
 
+Several layers of one geometry that read the same input (SSD's loc and conf heads of a source map) run
+as one: `conv_group_forward` unrolls the input once and multiplies by the layers' weights stacked,
+`conv_group_backward` gets every layer's dW and db from one stacked GEMM and the sum of their dx from
+one more GEMM and one col2im (``sum_dx=True``; with False each dx is made separately and added, the
+numbers of separate layers). The parameters stay in each layer. tests/test_conv.py checks the group
+against the separate references.
+
 SSD uses stride 2 (extra layers), padding, and dilation 6 (fc6, the "atrous" conv of section 3 of the
 paper, which keeps fc6's receptive field after pool5 became 3x3/s1).
 
@@ -129,6 +136,25 @@ def _gemm_nt(A, B):
     return parallel_sum(A.shape[1], lambda a, b: A[:, a:b] @ B[:, a:b].T, grain=grain)
 
 
+def _transpose_images(dst, yt, b=None):
+    """dst (m, F, P) = yt (F, m, P) transposed, plus b (1, F, 1) if given, image ranges split across
+    threads on the CPU. Written with ``out=``: no temporary (a fresh y-sized array per layer per step
+    cost page faults: a third of conv1's forward time in the small model)."""
+    xp = get_array_module(dst)
+
+    def job(a, c):
+        src = yt[:, a:c].transpose(1, 0, 2)
+        if b is None:
+            xp.copyto(dst[a:c], src)
+        else:
+            xp.add(src, b, out=dst[a:c])
+
+    if xp is not np:
+        job(0, dst.shape[0])
+        return
+    parallel_for(dst.shape[0], job, grain=max(1, (1 << 16) // max(1, dst.shape[1] * dst.shape[2])))
+
+
 def _copy_images(dst, src_fn, count, per_image):
     """dst[a:b] = src_fn(a, b) for image ranges, split across threads on the CPU."""
     if get_array_module(dst) is not np:
@@ -229,19 +255,24 @@ class Conv2d(Module):
     # The batch is convolved by one GEMM per chunk of images, not one per image: the columns are laid
     # out rows first, (R, n, P) with R = C*KH*KW and P = OH*OW, so that
     #     Y (F, n*P) = W2d (F, R) @ col (R, n*P)
-    # and one transposed copy (fused with the bias add) turns Y into NCHW. A few large GEMMs keep
+    # and one transposed copy (fused with the bias add, written in place) turns Y into NCHW. A few large GEMMs keep
     # OpenBLAS's threads busy where one small GEMM per image spends its time starting and joining them.
     def forward(self, x):
         W = self.params["W"]
         check_input("Conv2d", x, channels=self.in_channels, like=W)
+        F = self.out_channels
+        return self._forward(x, W.reshape(F, -1), self.params["b"] if "b" in self.params else None)
+
+    def _forward(self, x, W2d, bias):
+        """y = conv(x) with weights ``W2d`` (F, R) and ``bias`` (F,) or None; keeps what backward needs.
+        `conv_group_forward` calls it with several layers' weights stacked."""
         xp = get_array_module(x)
         x = xp.ascontiguousarray(x)
         (N, _, _, _), _, _, _, _, (OH, OW) = conv_geometry(x.shape, *self._conv_args())
-        F = self.out_channels
-        W2d = W.reshape(F, -1)                                   # (F, R)
-        R, P = W2d.shape[1], OH * OW
+        F, R = W2d.shape
+        P = OH * OW
         y = xp.empty((N, F, P), dtype=x.dtype)
-        b = self.params["b"].reshape(1, F, 1) if "b" in self.params else None
+        b = bias.reshape(1, F, 1) if bias is not None else None
         self._x = x
         self._out_hw = (OH, OW)
         self._col_valid = False
@@ -256,32 +287,44 @@ class Conv2d(Module):
             im2col(x[n0:n0 + m], *self._conv_args(), out=col, rows_first=True)
             yt = self.workspace.get(xp, "y", (F, m * P), x.dtype)
             _gemm(W2d, col.reshape(R, m * P), yt)                 # (F, m*P)
-            yt = yt.reshape(F, m, P)
-            if b is not None:                                     # (F, a:b, P) -> (a:b, F, P), + bias
-                _copy_images(y[n0:n0 + m], lambda a, c, yt=yt: yt[:, a:c].transpose(1, 0, 2) + b, m, F * P)
-            else:
-                _copy_images(y[n0:n0 + m], lambda a, c, yt=yt: yt[:, a:c].transpose(1, 0, 2), m, F * P)
+            # (F, m, P) -> (m, F, P) + bias, written in place: no temporary the size of y
+            _transpose_images(y[n0:n0 + m], yt.reshape(F, m, P), b)
         self._col_valid = keep
         return y.reshape(N, F, OH, OW)
 
     def backward(self, dy):
+        return self._backward([self], [dy])[0]
+
+    def _backward(self, layers, dys, sum_dx=False):
+        """Backward of ``layers`` (self first; the others ran in `conv_group_forward` on self's columns)
+        for upstream gradients ``dys``: accumulates each layer's dW/db and returns the list of each
+        layer's dL/dx (None for a layer without ``input_grad``).
+
+        dW and db of all layers come from one stacked GEMM and one row sum (rows do not mix, so each
+        layer's values are those of its own GEMM); then each layer's dx, one GEMM and one col2im at a
+        time through the shared column buffer."""
         if self._x is None:
             raise RuntimeError("Conv2d.backward called before forward")
         x = self._x
         xp = get_array_module(x)
         N, C, H, Wd = x.shape
         OH, OW = self._out_hw
-        F = self.out_channels
-        if tuple(dy.shape) != (N, F, OH, OW):
-            raise ValueError(f"Conv2d.backward: dy must have shape {(N, F, OH, OW)}, got {tuple(dy.shape)}")
-        W2d = self.params["W"].reshape(F, -1)
-        R, P = W2d.shape[1], OH * OW
-        dy = dy.reshape(N, F, P)
-        dW = self.grads["W"].reshape(F, R)                       # a view: += lands in grads["W"]
-        dx = xp.empty_like(x) if self.input_grad else None
+        Fs = [c.out_channels for c in layers]
+        for F, dy in zip(Fs, dys, strict=True):
+            if tuple(dy.shape) != (N, F, OH, OW):
+                name = "Conv2d.backward" if len(layers) == 1 else "conv_group_backward"
+                raise ValueError(f"{name}: dy must have shape {(N, F, OH, OW)}, got {tuple(dy.shape)}")
+        Ft = sum(Fs)
+        starts = np.concatenate([[0], np.cumsum(Fs)]).astype(int).tolist()
+        W2ds = [c.params["W"].reshape(F, -1) for c, F in zip(layers, Fs, strict=True)]
+        R, P = W2ds[0].shape[1], OH * OW
+        dys = [dy.reshape(N, F, P) for dy, F in zip(dys, Fs, strict=True)]
+        dxs = [xp.empty_like(x) if c.input_grad else None for c in layers]
+        if sum_dx:
+            dxs = dxs[:1]
         keep = self._col_valid
         step = max(1, N) if keep else self._chunk(N, R, P, x.itemsize)
-        db = None
+        dbs = [None] * len(layers)
         for n0 in range(0, N, step):
             m = min(N, n0 + step) - n0
             if keep:
@@ -290,19 +333,68 @@ class Conv2d(Module):
                 col = self.workspace.get(xp, "col", (R, m, P), x.dtype)
                 im2col(x[n0:n0 + m], *self._conv_args(), out=col, rows_first=True)
             col2d = col.reshape(R, m * P)
-            dyt = self.workspace.get(xp, "y", (F, m, P), x.dtype)
-            dyt_images = dyt.transpose(1, 0, 2)                  # (m, F, P) view of (F, m, P)
-            _copy_images(dyt_images, lambda a, c, n0=n0: dy[n0 + a:n0 + c], m, F * P)
-            dyt = dyt.reshape(F, m * P)
+            dyt = self.workspace.get(xp, "y", (Ft, m, P), x.dtype)
+            for f0, F, dy in zip(starts, Fs, dys, strict=False):
+                dyt_images = dyt[f0:f0 + F].transpose(1, 0, 2)   # (m, F, P) view of (F, m, P)
+                _copy_images(dyt_images, lambda a, c, n0=n0, dy=dy: dy[n0 + a:n0 + c], m, F * P)
+            dyt = dyt.reshape(Ft, m * P)
             part = dyt.sum(axis=1)
-            db = part if db is None else db + part
-            dW += _gemm_nt(dyt, col2d)                           # (F, m*P) @ (m*P, R)
-            if dx is not None:
-                # the columns are spent: their buffer takes dcol = W2d.T @ dy
-                _gemm(W2d.T, dyt, col2d)                         # (R, m*P)
-                col2im(col, (m, C, H, Wd), *self._conv_args(), out=dx[n0:n0 + m], rows_first=True)
-        if "b" in self.params and db is not None:
-            self.grads["b"] += db
+            dW_all = _gemm_nt(dyt, col2d)                        # (Ft, m*P) @ (m*P, R)
+            for i, (c, f0, F) in enumerate(zip(layers, starts, Fs, strict=False)):
+                dbs[i] = part[f0:f0 + F] if dbs[i] is None else dbs[i] + part[f0:f0 + F]
+                c.grads["W"].reshape(F, R)[...] += dW_all[f0:f0 + F]
+            if sum_dx:
+                # dx of the sum: one GEMM with the weights stacked, one col2im
+                W_all = xp.concatenate(W2ds)
+                _gemm(W_all.T, dyt, col2d)
+                col2im(col, (m, C, H, Wd), *self._conv_args(), out=dxs[0][n0:n0 + m], rows_first=True)
+                continue
+            for i, (f0, F, W2d) in enumerate(zip(starts, Fs, W2ds, strict=False)):
+                if dxs[i] is not None:
+                    # the columns are spent: their buffer takes dcol = W2d.T @ dy
+                    _gemm(W2d.T, dyt[f0:f0 + F], col2d)            # (R, m*P)
+                    col2im(col, (m, C, H, Wd), *self._conv_args(), out=dxs[i][n0:n0 + m], rows_first=True)
+        for c, db in zip(layers, dbs, strict=True):
+            if "b" in c.params and db is not None:
+                c.grads["b"] += db
         self._col_valid = False
         self._x = None
-        return dx
+        return dxs
+
+
+def conv_group_forward(layers, x):
+    """The outputs of several Conv2d layers of one geometry on the same input ``x``, from one im2col and
+    one GEMM with their weights stacked (SSD's loc and conf heads of a source map). Each layer keeps
+    its own parameters and gradients; `conv_group_backward` must follow before the first layer runs
+    again. Returns the list of outputs (views of one array)."""
+    layers = list(layers)
+    lead = layers[0]
+    for c in layers:
+        if not isinstance(c, Conv2d):
+            raise ValueError(f"conv_group_forward: layers must be Conv2d, got {type(c).__name__}")
+        if (c.in_channels, c._conv_args()) != (lead.in_channels, lead._conv_args()) or \
+                ("b" in c.params) != ("b" in lead.params):
+            raise ValueError("conv_group_forward: the layers must share in_channels, kernel, stride, padding, "
+                             "dilation and whether they have a bias")
+        check_input("Conv2d", x, channels=c.in_channels, like=c.params["W"])
+    xp = get_array_module(x)
+    W2d = xp.concatenate([c.params["W"].reshape(c.out_channels, -1) for c in layers])
+    b = xp.concatenate([c.params["b"] for c in layers]) if "b" in lead.params else None
+    y = lead._forward(x, W2d, b)
+    outs, f0 = [], 0
+    for c in layers:
+        outs.append(y[:, f0:f0 + c.out_channels])
+        f0 += c.out_channels
+    return outs
+
+
+def conv_group_backward(layers, dys, sum_dx=True):
+    """Backward of `conv_group_forward`: accumulates every layer's gradients and returns
+    ``dx_1 + dx_2 + ...`` (each layer's dL/dx, added in order, as separate backward calls would)."""
+    layers = list(layers)
+    sum_dx = sum_dx and all(c.input_grad for c in layers)
+    dxs = layers[0]._backward(layers, [get_array_module(dy).ascontiguousarray(dy) for dy in dys], sum_dx)
+    dx = dxs[0]
+    for d in dxs[1:]:
+        dx = d if dx is None else (dx if d is None else dx + d)
+    return dx
