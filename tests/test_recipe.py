@@ -335,3 +335,31 @@ def test_evaluate_on_a_coco_dataset_uses_the_files_own_ground_truth(tmp_path, ca
     for name in metrics.COCO_STAT_NAMES:
         assert got[name] == pytest.approx(official[name], abs=1e-12), name
     assert any(abs(got[n] - rebuilt[n]) > 1e-3 for n in ("APs", "APm", "APl", "ARs", "ARm", "ARl"))
+
+
+def test_require_torchvision_turns_its_skips_into_failures(tmp_path):
+    """.ci/run sets MINISSD_REQUIRE_TORCHVISION: a test that skips for want of torchvision fails instead."""
+    import subprocess
+    import sys
+
+    (tmp_path / "fake" / "torchvision").mkdir(parents=True)   # "installed", so collection goes on
+    (tmp_path / "fake" / "torchvision" / "__init__.py").write_text("")
+    (tmp_path / "test_tv.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.skip(reason='torchvision is not installed')\n"
+        "def test_tv():\n    pass\n\n"
+        "@pytest.mark.skip(reason='something else')\n"
+        "def test_other():\n    pass\n")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, MINISSD_REQUIRE_TORCHVISION="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path / "fake"), tests, os.environ.get("PYTHONPATH", "")]))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
+                          str(tmp_path / "test_tv.py")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out
+    # a skip marker acts at setup, so pytest reports it as an error (as for MINISSD_REQUIRE_GPU)
+    assert "1 skipped, 1 error" in out and "MINISSD_REQUIRE_TORCHVISION is set but this test skipped" in out
+    env.pop("MINISSD_REQUIRE_TORCHVISION")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider",
+                          str(tmp_path / "test_tv.py")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0 and "2 skipped" in run.stdout, run.stdout + run.stderr
