@@ -575,3 +575,56 @@ def test_conv2d_init_is_reproducible_and_bias_starts_at_zero():
     assert not a.params["b"].any()
     with pytest.raises(ValueError, match="not known"):
         init_weight("zeros", (2, 2), np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# ReLU after a convolution: in place in both passes (minissd/nn/relu.py; the SSD trunk uses it)
+# ---------------------------------------------------------------------------------------------------
+def test_relu_inplace_backward_writes_over_dy_and_matches_the_twin(rng):
+    from minissd.nn import ReLU, relu_backward_ref
+
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((2, 3, 4, 5)).astype(dtype)
+        dy = rng.standard_normal(x.shape).astype(dtype)
+        want = relu_backward_ref(x, dy)
+        plain = ReLU()
+        plain.forward(x.copy())
+        dy_copy = dy.copy()
+        np.testing.assert_array_equal(plain.backward(dy_copy), want)
+        np.testing.assert_array_equal(dy_copy, dy)                  # not in place: dy untouched
+        relu = ReLU(inplace=True)
+        relu.forward(x.copy())
+        dx = relu.backward(dy_copy)
+        assert dx is dy_copy                                        # in place: dx over dy
+        np.testing.assert_array_equal(dx, want)
+        relu.forward(x.copy())
+        frozen = dy.copy()
+        frozen.flags.writeable = False
+        dx = relu.backward(frozen)                                  # read-only dy: a new array
+        assert dx is not frozen
+        np.testing.assert_array_equal(dx, want)
+
+
+def test_model_trunk_relus_are_in_place_and_the_model_matches_out_of_place(rng):
+    from minissd.model import build_model
+    from minissd.nn import ReLU
+
+    model = build_model("small", 5, np.random.default_rng(0))
+    relus = [m for m in model.trunk if isinstance(m, ReLU)] + [m for m in model.extras if isinstance(m, ReLU)]
+    assert relus and all(r.inplace for r in relus)
+    x = rng.standard_normal((2, 3, 128, 128)).astype(np.float32)
+    loc, conf = model.forward(x)
+    d_loc = rng.standard_normal(loc.shape).astype(np.float32)
+    d_conf = rng.standard_normal(conf.shape).astype(np.float32)
+    model.zero_grad()
+    model.backward(d_loc, d_conf)
+    grads = {n: g.copy() for n, _, g in model.named_parameters()}
+    for r in relus:
+        r.inplace = False
+    model.zero_grad()
+    loc2, conf2 = model.forward(x)
+    model.backward(d_loc, d_conf)
+    np.testing.assert_array_equal(loc2, loc)
+    np.testing.assert_array_equal(conf2, conf)
+    for n, _, g in model.named_parameters():
+        np.testing.assert_array_equal(g, grads[n], err_msg=n)

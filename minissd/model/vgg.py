@@ -45,7 +45,9 @@ def build_layers(specs: list, in_channels: int, init: str, rng: np.random.Genera
             layers.append((spec["name"], Conv2d(channels, spec["out"], spec["kernel"], stride=spec["stride"],
                                                 padding=spec["padding"], dilation=spec["dilation"], bias=True,
                                                 init=init, rng=rng, dtype=dtype)))
-            layers.append((relu_name(spec["name"]), ReLU()))
+            # in place (forward over the conv's output, backward over the incoming gradient): nothing
+            # else keeps either, and two fresh activation-sized arrays per step cost page faults
+            layers.append((relu_name(spec["name"]), ReLU(inplace=True)))
             channels = spec["out"]
         elif spec["type"] == "pool":
             layers.append((spec["name"], MaxPool2d(spec["kernel"], stride=spec["stride"], padding=spec["padding"],

@@ -39,8 +39,11 @@ class ReLU(Module):
     """y = max(x, 0); dL/dx = dL/dy where y > 0, else 0 (any shape, float32/float64).
 
     Keeps its output ``y`` from forward to backward (y > 0 exactly where x > 0).
-    ``inplace=True`` writes y over x (saves one activation-sized allocation; use it only where nothing
-    else keeps x, e.g. right after a Conv2d, which keeps its input and columns but not its output).
+    ``inplace=True`` writes y over x in forward and dL/dx over dL/dy in backward (saves two
+    activation-sized allocations per step, whose fresh pages cost as much as the ReLU itself; use it only
+    where nothing else keeps x or dy: right after a Conv2d, which keeps its input and columns but not
+    its output, inside a chain whose backward hands each layer a gradient no one else reads, as the
+    SSD trunk does).
     """
 
     def __init__(self, inplace: bool = False):
@@ -77,7 +80,8 @@ class ReLU(Module):
         self._y = None
         if xp is np:
             dy = np.ascontiguousarray(dy, dtype=y.dtype)
-            dx = np.empty_like(y)
+            # in place: the kernel reads dy[i] before it writes dx[i] at the same index
+            dx = dy if self.inplace and dy.flags.writeable else np.empty_like(y)
             yf, dyf, dxf, k = _flat(y), _flat(dy), _flat(dx), cpu_kernels()
             parallel_for(yf.size, lambda a, b: k.relu_backward(yf[a:b], dyf[a:b], dxf[a:b]), grain=1 << 16)
             return dx
