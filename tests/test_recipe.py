@@ -164,7 +164,7 @@ def test_difficult_train_reaches_the_run_and_config_json(tmp_path):
 # -- --init / --weights ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trunk_file(tmp_path_factory):
-    from minissd.convert import save_trunk, vgg16_trunk_from_reducedfc
+    from minissd.pretrained import save_trunk, vgg16_trunk_from_reducedfc
     from test_convert import synthetic_reducedfc_state
 
     arrays, meta = vgg16_trunk_from_reducedfc(synthetic_reducedfc_state(np.random.default_rng(5)))
@@ -190,7 +190,7 @@ def test_init_loads_the_trunk_only_and_records_the_input_convention(trunk_file):
 
 
 def test_init_mismatch_names_the_first_parameter(trunk_file, tmp_path):
-    from minissd.convert import read_trunk, save_trunk
+    from minissd.pretrained import read_trunk, save_trunk
 
     arrays, meta = read_trunk(trunk_file[0])
     arrays = dict(arrays)

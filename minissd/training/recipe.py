@@ -100,7 +100,7 @@ def load_start_weights(c: dict, model) -> str:
     before `make_train_transform`, which reads the model's normalisation.
     """
     from ..checkpoint import CheckpointError
-    from ..convert import load_trunk, load_weights_checked
+    from ..pretrained import load_trunk, load_weights_checked
 
     init, weights = c.get("init"), c.get("weights")
     if init is None and weights is None:
