@@ -9,7 +9,10 @@ imports this module follows the same rules:
   also with its min-max.
 * The machine must be quiet. The 1-minute load average is printed before and after every table. It
   counts runnable processes, ours included, so the threshold is ``0.5 + threads in use``: a run with
-  2 threads accepts a load of up to 2.5. When the load before or after a table is above it, every
+  2 threads accepts a load of up to 2.5. Because that average lags, the scripts also sample the
+  runnable-task count between rows (another task runnable in over a quarter of the samples is busy
+  too: one other job is enough to make PyTorch's spinning OpenMP threads several times slower).
+  When the load before or after a table is above it, every
   row of that table is marked ``BUSY`` and the script exits with status 3 after printing, unless
   ``--allow-busy`` was given (then the rows are still marked). A BUSY figure is not to be recorded.
 * Throughput next to the peak. `cpu_peak` gives the machine's fp32 peak as
@@ -90,14 +93,35 @@ def busy_threshold(threads: int) -> float:
     return 0.5 + int(threads)
 
 
+def others_running() -> int:
+    """Runnable tasks on the machine now, less the one reading (/proc/loadavg's 4th field, "r/total");
+    -1 where unreadable. The 1-minute average lags by a minute: a job that starts in the middle of a
+    table shows here at once."""
+    try:
+        with open("/proc/loadavg") as f:
+            return max(0, int(f.read().split()[3].split("/")[0]) - 1)
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
 class LoadGuard:
     """Load average before and after a block of measurements; ``busy`` when either is over the
-    threshold (NaN, i.e. unknown, counts as busy)."""
+    threshold (NaN, i.e. unknown, counts as busy), or when `sample` (call it between rows, while this
+    process's pool threads sleep) saw another runnable task in more than a quarter of its samples."""
 
     def __init__(self, threads: int):
         self.threads = int(threads)
         self.threshold = busy_threshold(threads)
         self.before = self.after = None
+        self.samples = []
+
+    def sample(self) -> None:
+        self.samples.append(others_running())
+
+    @property
+    def crowded(self) -> bool:
+        seen = [v for v in self.samples if v >= 0]
+        return bool(seen) and sum(v > 0 for v in seen) > len(seen) / 4
 
     def __enter__(self):
         self.before = load1()
@@ -110,13 +134,16 @@ class LoadGuard:
     @property
     def busy(self) -> bool:
         vals = [v for v in (self.before, self.after) if v is not None]
-        return any(not (v <= self.threshold) for v in vals)
+        return any(not (v <= self.threshold) for v in vals) or self.crowded
 
     def line(self) -> str:
         after = "n/a" if self.after is None else f"{self.after:.2f}"
         verdict = "BUSY: do not record" if self.busy else "quiet"
+        seen = [v for v in self.samples if v >= 0]
+        others = (f"; another task runnable in {sum(v > 0 for v in seen)} of {len(seen)} samples between rows"
+                  if seen else "")
         return (f"load average (1 min) before {self.before:.2f}, after {after}; threshold "
-                f"{self.threshold:.1f} (0.5 + {self.threads} threads): {verdict}")
+                f"{self.threshold:.1f} (0.5 + {self.threads} threads){others}: {verdict}")
 
 
 class Recorder:

@@ -144,6 +144,7 @@ def run_table(model, rows, batch, threads, repeats, clock, peak, recorder, devic
             pct = f"{100 * flops / sa.median / 1e9 / peak:.0f}" if peak else "n/a"
             lines.append(f"| {label} | {geo} | {n} | {sa.fmt(1e3)} | {sb.fmt(1e3)} | {r.fmt(1, 2)} | "
                          f"{flops / sa.median / 1e9:.0f} | {flops / sb.median / 1e9:.0f} | {pct} |")
+            guard.sample()
             print(".", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     recorder.note(guard)

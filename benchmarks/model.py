@@ -259,6 +259,7 @@ def main(args) -> int:
                     lines.append(f"| {name} | {batch} | {label} | {sa.fmt(1e3 / batch, 2)} | "
                                  f"{sb.fmt(1e3 / batch, 2)} | {r.fmt(1, 2)} | {flops / sa.median / 1e9:.0f} | "
                                  f"{flops / sb.median / 1e9:.0f} | {pct} |")
+                    guard.sample()
                     print(".", end="", file=sys.stderr, flush=True)
                 model.clear_cache()
         print(file=sys.stderr)

@@ -90,3 +90,18 @@ def test_quick_mode_runs(script):
 def test_bad_threads_is_a_clear_error():
     out = _run(["benchmarks/conv.py", "--threads", "0"])
     assert out.returncode == 2 and "--threads" in out.stderr
+
+
+def test_runnable_samples_mark_a_table_busy(monkeypatch):
+    monkeypatch.setattr(_bench, "load1", lambda: 0.1)
+    counts = iter([0, 1, 1, 0])
+    monkeypatch.setattr(_bench, "others_running", lambda: next(counts))
+    with _bench.LoadGuard(2) as g:
+        for _ in range(4):
+            g.sample()
+    assert g.crowded and g.busy and "2 of 4 samples" in g.line()
+    with _bench.LoadGuard(2) as quiet:
+        pass
+    assert not quiet.busy
+    monkeypatch.undo()
+    assert _bench.others_running() >= -1
