@@ -1,7 +1,7 @@
 """Detection metrics: PASCAL VOC average precision (2007 11-point and area), mAP; COCO via pycocotools.
 
 Paper: section 3 (results are VOC2007 test mAP, 11-point, IoU 0.5; COCO AP through the COCO API).
-Walkthrough: docs/09-evaluation.md.
+Walkthrough: docs/10-evaluation.md.
 
 VOC semantics follow the devkit's ``VOCevaldet.m`` / ``VOCap.m``:
 
@@ -46,7 +46,7 @@ COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR
 # Average precision of one ranked list
 # ----------------------------------------------------------------------------------------------
 # The recall thresholds of VOC2007's 11-point AP, as each evaluator in use computes them. They differ
-# only where a recall lands exactly on a threshold (docs/09-evaluation.md, "Three sets of thresholds").
+# only where a recall lands exactly on a threshold (docs/10-evaluation.md, "Whose 11 thresholds").
 AP_THRESHOLDS = {
     # k / 10 as the nearest double: a recall of exactly k / 10 (= tp / n) always reaches threshold k.
     "exact": tuple(k / 10 for k in range(11)),
