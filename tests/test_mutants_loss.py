@@ -2,7 +2,7 @@
 survived the rest of tests/test_loss.py."""
 import numpy as np
 
-from minissd.loss import log_softmax
+from minissd.loss import log_softmax, mine_hard_negatives_ref
 
 
 def test_log_softmax_shifts_each_row_by_its_own_maximum():
@@ -18,3 +18,11 @@ def test_log_softmax_shifts_each_row_by_its_own_maximum():
     y32 = log_softmax(x32)
     assert y32.dtype == np.float32 and np.all(np.isfinite(y32))
     np.testing.assert_allclose(np.exp(y32).sum(), 1.0, rtol=1e-6)
+
+
+def test_mine_hard_negatives_ref_returns_a_boolean_mask():
+    """The twin's result is used as a mask (``~mask``, ``mask & other``): a 0/1 float array is wrong."""
+    bg = np.array([[0.3, 0.9, 0.1, 0.5]])
+    out = mine_hard_negatives_ref(bg, np.array([[False, True, False, False]]), np.array([2]))
+    assert out.dtype == np.bool_
+    np.testing.assert_array_equal(out, [[True, False, False, True]])

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from minissd.optim import WarmupCosine, WarmupMultiStep
+from minissd.nn import Conv2d, Sequential
+from minissd.optim import SGD, WarmupCosine, WarmupMultiStep
 from minissd.priors import PriorConfig
 
 
@@ -66,3 +67,62 @@ def test_warmup_cosine_accepts_one_iteration_and_min_lr():
 def test_warmup_multistep_names_its_bad_argument(kwargs, message):
     with pytest.raises(ValueError, match=f"^{message}"):
         WarmupMultiStep(**kwargs)
+
+
+def test_prior_config_dict_round_trip_keeps_every_field():
+    cfg = PriorConfig.from_scales(300, (38, 19, 10), ((2,), (2, 3), (2,)), clip=True, flip=False, offset=0.25,
+                                  name="mine")
+    d = cfg.to_dict()
+    assert (d["clip"], d["flip"], d["offset"], d["name"]) == (True, False, 0.25, "mine")
+    back = PriorConfig.from_dict(d)
+    assert back == cfg and back.name == "mine"
+
+
+# -- SGD state: hyper-parameters travel with the buffers, and the buffers are copied -------------------
+def _net(seed):
+    rng = np.random.default_rng(seed)
+    net = Sequential([("conv", Conv2d(2, 3, 3, rng=rng))]).astype(np.float64)
+    for _, p, _ in net.named_parameters():
+        p[...] = rng.standard_normal(p.shape)
+    return net
+
+
+def _steps(net, opt, n, seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        for _, _, g in net.named_parameters():
+            g[...] = rng.standard_normal(g.shape)
+        opt.step()
+
+
+def test_sgd_state_carries_its_hyper_parameters():
+    net = _net(0)
+    opt = SGD(net, lr=0.07, momentum=0.5, weight_decay=1e-3)
+    _steps(net, opt, 3, 1)
+    state = opt.state_dict()
+    assert (state["lr"], state["momentum"], state["weight_decay"], state["iteration"]) == (0.07, 0.5, 1e-3, 3)
+    other = SGD(_net(0), lr=1.0)                                  # momentum 0.9, decay 5e-4 by default
+    other.load_state_dict(state)
+    assert (other.lr, other.momentum, other.weight_decay, other.iteration) == (0.07, 0.5, 1e-3, 3)
+
+
+def test_sgd_state_without_hyper_parameters_keeps_the_optimisers_own():
+    net = _net(0)
+    opt = SGD(net, lr=0.3, momentum=0.8, weight_decay=2e-3)
+    _steps(net, opt, 2, 1)
+    buffers = {n: b.copy() for n, b in opt.state_dict()["buffers"].items()}
+    opt.load_state_dict({"buffers": buffers})
+    assert (opt.lr, opt.momentum, opt.weight_decay, opt.iteration) == (0.3, 0.8, 2e-3, 0)
+
+
+def test_sgd_load_state_dict_copies_the_buffers():
+    """Steps after a resume must not write into the state that was loaded (it may be reused)."""
+    net = _net(0)
+    opt = SGD(net, lr=0.1)
+    _steps(net, opt, 2, 1)
+    saved = {"buffers": {n: b.copy() for n, b in opt.state_dict()["buffers"].items()}}
+    before = {n: b.copy() for n, b in saved["buffers"].items()}
+    opt.load_state_dict(saved)
+    _steps(net, opt, 2, 2)
+    for n, b in saved["buffers"].items():
+        np.testing.assert_array_equal(b, before[n], err_msg=n)
