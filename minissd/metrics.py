@@ -319,7 +319,7 @@ def evaluate_detections(detections, ground_truths, num_classes: int, iou_thresho
     for c in range(1, num_classes + 1):
         scores_c, tp_c, fp_c = [], [], []
         num_gt = 0
-        for (d_boxes, d_labels, d_scores), (g_boxes, g_labels, g_diff) in zip(dets, gts):
+        for (d_boxes, d_labels, d_scores), (g_boxes, g_labels, g_diff) in zip(dets, gts, strict=True):
             gmask = g_labels == c
             num_gt += int(np.count_nonzero(gmask & ~g_diff))
             dmask = np.flatnonzero(d_labels == c)
@@ -414,7 +414,7 @@ def coco_results(detections, image_ids, label_to_category=None) -> list:
         raise ValueError(f"detections has {len(detections)} images but image_ids has {len(image_ids)}")
     cat = _category_lookup(label_to_category)
     records = []
-    for i, (d, image_id) in enumerate(zip(detections, image_ids)):
+    for i, (d, image_id) in enumerate(zip(detections, image_ids, strict=True)):
         boxes, labels, scores = _fields(d, ("boxes", "labels", "scores"), "detections", i)
         boxes = _as_boxes(boxes, f"detections[{i}].boxes")
         labels = np.asarray(labels).reshape(-1)
@@ -422,7 +422,7 @@ def coco_results(detections, image_ids, label_to_category=None) -> list:
         if labels.shape != (len(boxes),) or scores.shape != (len(boxes),):
             raise ValueError(f"detections[{i}]: boxes, labels and scores must have one length")
         iid = _coco_image_id(image_id)
-        for b, lab, s in zip(boxes, labels, scores):
+        for b, lab, s in zip(boxes, labels, scores, strict=True):
             records.append({"image_id": iid, "category_id": cat(lab),
                             "bbox": [round(float(b[0]), 3), round(float(b[1]), 3),
                                      round(float(b[2] - b[0]), 3), round(float(b[3] - b[1]), 3)],
@@ -467,8 +467,8 @@ def coco_evaluate(detections, ground_truths, image_ids=None, class_names=None, s
     `evaluate_detections` (pixel xyxy boxes; ``difficult`` becomes ``iscrowd``, which COCO ignores in
     the same spirit). Object areas are therefore the boxes' ``w * h``: for a COCO annotation file,
     whose ``area`` is the mask's, use `coco_evaluate_file`, which gives the official numbers (this one
-    agrees on AP, AP50, AP75 and AR, not on the by-size ones). Raises ImportError naming ``pip install 'minissd[coco]'`` when pycocotools is
-    missing.
+    agrees on AP, AP50, AP75 and AR, not on the by-size ones). Raises ImportError naming
+    ``pip install 'minissd[coco]'`` when pycocotools is missing.
 
     Parameters
     ----------
@@ -501,7 +501,7 @@ def coco_evaluate(detections, ground_truths, image_ids=None, class_names=None, s
         if sizes is not None:
             img["height"], img["width"] = (int(v) for v in sizes[i])
         images.append(img)
-        for b, lab, dif in zip(boxes, labels, difficult):
+        for b, lab, dif in zip(boxes, labels, difficult, strict=True):
             w, h = float(b[2] - b[0]), float(b[3] - b[1])
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(lab),
                                 "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h,
@@ -523,7 +523,7 @@ def coco_evaluate(detections, ground_truths, image_ids=None, class_names=None, s
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {name: (float(v) if v >= 0 else float("nan")) for name, v in zip(COCO_STAT_NAMES, ev.stats)}
+    return {name: (float(v) if v >= 0 else float("nan")) for name, v in zip(COCO_STAT_NAMES, ev.stats, strict=True)}
 
 
 def coco_evaluate_file(annotations, detections, image_ids, label_to_category=None, *, results_path=None,
@@ -597,7 +597,7 @@ def coco_evaluate_file(annotations, detections, image_ids, label_to_category=Non
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {name: (float(v) if v >= 0 else float("nan")) for name, v in zip(COCO_STAT_NAMES, ev.stats)}
+    return {name: (float(v) if v >= 0 else float("nan")) for name, v in zip(COCO_STAT_NAMES, ev.stats, strict=True)}
 
 
 def _category_ids(label_to_category) -> list:

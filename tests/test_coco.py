@@ -203,14 +203,14 @@ def test_coco_evaluate_file_gives_what_pycocotools_prints(tmp_path):
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    official = dict(zip(COCO_STAT_NAMES, ev.stats))
+    official = dict(zip(COCO_STAT_NAMES, ev.stats, strict=True))
     assert got.keys() == official.keys()
     for name in COCO_STAT_NAMES:
         assert got[name] == pytest.approx(official[name], abs=1e-12), name
     # ... and what it prints: "Average Precision (AP) @[ IoU=0.50:0.95 | area= small | ...] = 0.xyz"
     lines = [line for line in printed.getvalue().splitlines() if line.startswith(" Average")]
     assert len(lines) == 12
-    for name, line in zip(COCO_STAT_NAMES, lines):
+    for name, line in zip(COCO_STAT_NAMES, lines, strict=True):
         assert float(line.rsplit("=", 1)[1]) == pytest.approx(got[name], abs=5e-4), (name, line)
     assert min(official[n] for n in ("APs", "APm", "APl", "ARs", "ARm")) > 0   # every size is populated
 

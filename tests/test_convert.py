@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import requires_torch
-from minissd.convert import (COCO_CLASS_NAMES, convert_file, convert_state_dict, torchvision_key_map,
-                             torchvision_model_config)
+from minissd.convert import (
+    COCO_CLASS_NAMES,
+    convert_file,
+    convert_state_dict,
+    torchvision_key_map,
+    torchvision_model_config,
+)
 from minissd.model import load_model
 
 try:
@@ -43,7 +48,7 @@ _ANCHORS = [4, 6, 6, 6, 4, 4]
 def synthetic_torchvision_state(rng, num_classes=91):
     state = {}
     convs = dict(_TV_CONVS)
-    for k, (c, a) in enumerate(zip(_IN, _ANCHORS)):
+    for k, (c, a) in enumerate(zip(_IN, _ANCHORS, strict=True)):
         convs[f"head.regression_head.module_list.{k}"] = (c, 4 * a, 3)
         convs[f"head.classification_head.module_list.{k}"] = (c, num_classes * a, 3)
     for prefix, (cin, cout, k) in convs.items():
@@ -227,13 +232,13 @@ def test_real_torchvision_ssd300_vgg16(rng):
     assert errs["loc"] <= 1e-5 and errs["conf"] <= 1e-5, errs
     assert errs["default_boxes_max_abs"] <= 1e-6, errs
     ours = model.detect(loc, conf)   # minissd's defaults are torchvision's: 0.01, 400, NMS 0.45, 200
-    for n, (theirs, mine) in enumerate(zip(tv_detections, ours)):
+    for n, (theirs, mine) in enumerate(zip(tv_detections, ours, strict=True)):
         tv_boxes, tv_labels, tv_scores = (theirs[k].numpy() for k in ("boxes", "labels", "scores"))
         assert len(mine.boxes) == len(tv_boxes) > 0, n
         # Scores within float32 rounding of each other may come in either order: pair each torchvision
         # detection with the closest unpaired one of ours of the same label, then compare.
         free = np.ones(len(mine.boxes), bool)
-        for box, label, score in zip(tv_boxes, tv_labels, tv_scores):
+        for box, label, score in zip(tv_boxes, tv_labels, tv_scores, strict=True):
             dist = np.where(free & (mine.labels == label), np.abs(mine.boxes * 300.0 - box).max(1), np.inf)
             j = int(np.argmin(dist))
             assert dist[j] <= 1e-2, (n, box, label, score, dist[j])              # pixels
@@ -353,7 +358,7 @@ def test_torchvision_vgg16_trunk_equals_plain_torch_vgg16(vgg16_state, rng, tmp_
     p = {k: torch.as_tensor(v) for k, v in vgg16_state.items()}
     errs = {}
     with torch.no_grad():
-        for name, index in zip(_CONV_NAMES, _VGG16_FEATURES):
+        for name, index in zip(_CONV_NAMES, _VGG16_FEATURES, strict=True):
             t = F.relu(F.conv2d(t, p[f"features.{index}.weight"], p[f"features.{index}.bias"], padding=1))
             errs[name] = _rel(ours[name], t.numpy())
             if index in _POOL_AFTER and index != 28:
@@ -400,7 +405,7 @@ def test_reducedfc_trunk_equals_the_bgr_caffe_network(rng, tmp_path):
     p = {k: torch.as_tensor(v) for k, v in state.items()}
     errs = {}
     with torch.no_grad():
-        for name, index in zip(_CONV_NAMES, _VGG16_FEATURES):
+        for name, index in zip(_CONV_NAMES, _VGG16_FEATURES, strict=True):
             t = F.relu(F.conv2d(t, p[f"{index}.weight"], p[f"{index}.bias"], padding=1))
             errs[name] = _rel(ours[name], t.numpy())
             if index in _POOL_AFTER and index != 28:

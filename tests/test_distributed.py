@@ -143,7 +143,7 @@ def test_bucket_sums_or_averages_every_grad_with_one_call(rng, average):
     assert comm.calls == 1
     assert bucket.nbytes == 4 * mine.size
     # in place: the grad arrays are the same objects (the optimizer holds references to them)
-    assert all(a is b for a, (_, _, b) in zip(grads_before, model.named_parameters()))
+    assert all(a is b for a, (_, _, b) in zip(grads_before, model.named_parameters(), strict=True))
 
 
 def test_bucket_with_one_process_touches_nothing(rng):

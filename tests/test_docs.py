@@ -118,10 +118,10 @@ def outputs_match(expected: str, actual: str, approx: bool) -> bool:
         return exp == act
     if len(exp) != len(act):
         return False
-    for e, a in zip(exp, act):
+    for e, a in zip(exp, act, strict=True):
         if NUMBER.sub("#", e) != NUMBER.sub("#", a):
             return False
-        if not all(_close(x, y) for x, y in zip(NUMBER.findall(e), NUMBER.findall(a))):
+        if not all(_close(x, y) for x, y in zip(NUMBER.findall(e), NUMBER.findall(a), strict=True)):
             return False
     return True
 
@@ -244,12 +244,12 @@ def test_docs_page_notebook(page, tmp_path, monkeypatch):
     code_cells = [c for c in nb.cells if c.cell_type == "code" and not c.source.lstrip().startswith("%%")]
     assert [c.source.strip() for c in code_cells] == [b.code.strip() for b in blocks], (
         f"{page.name}: the notebook's code cells are not the page's python blocks")
-    for c, b in zip(code_cells, blocks):
+    for c, b in zip(code_cells, blocks, strict=True):
         assert (nbtools.SKIP_TAG in c.metadata.get("tags", [])) == (not b.runs)
         if b.output is not None:
             assert normalise(nbtools.stdout_of(c)) == normalise(b.output.code)
     nbtools.execute(nb, tmp_path)
-    for c, b in zip(code_cells, blocks):
+    for c, b in zip(code_cells, blocks, strict=True):
         if b.output is not None:
             printed = nbtools.stdout_of(c)
             approx = "approx" in b.output.info.split()[1:]

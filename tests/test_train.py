@@ -153,8 +153,8 @@ def test_run_directory_contents(tmp_path):
 
 def test_last_line_is_the_test_map(tmp_path, capsys):
     out = str(tmp_path / "last")
-    assert train.main(["--train-limit", "2", "--batch-size", "2", "--iterations", "1", "--lr", "0.01", "--test-limit", "2",
-                       "--val-dataset", "none", "--progress", "none", "--num-workers", "0",
+    assert train.main(["--train-limit", "2", "--batch-size", "2", "--iterations", "1", "--lr", "0.01",
+                       "--test-limit", "2", "--val-dataset", "none", "--progress", "none", "--num-workers", "0",
                        "--out", out]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("test mAP@0.5: ")

@@ -27,7 +27,7 @@ def _show(ax, image, boxes_px, labels, class_names, title=None):
     from matplotlib.patches import Rectangle
 
     ax.imshow(image, interpolation="nearest")
-    for (x1, y1, x2, y2), label in zip(boxes_px, labels):
+    for (x1, y1, x2, y2), label in zip(boxes_px, labels, strict=True):
         colour = COLOURS[(int(label) - 1) % len(COLOURS)]
         # imshow puts pixel c's centre at c, so the continuous edge x sits at x - 0.5.
         ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linewidth=1.5))

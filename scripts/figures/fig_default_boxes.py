@@ -31,7 +31,7 @@ def main(outdir):
     scale = S / sample.image.shape[1]
     priors = make_priors(cfg)
     per_loc = num_priors_per_location(cfg)
-    starts = np.concatenate([[0], np.cumsum([f * f * n for f, n in zip(cfg.feature_maps, per_loc)])])
+    starts = np.concatenate([[0], np.cumsum([f * f * n for f, n in zip(cfg.feature_maps, per_loc, strict=True)])])
     # the object whose centre the boxes sit on: the large circle (index 1) of this sample
     obj = sample.boxes[1] * scale
     centre = (obj[:2] + obj[2:]) / 2
@@ -50,7 +50,7 @@ def main(outdir):
         j = min(int(centre[0] // step), f - 1)
         first = starts[k] + (i * f + j) * per_loc[k]
         boxes = cxcywh_to_xyxy(priors[first:first + per_loc[k]]) * S
-        for b, c in zip(boxes, colors):
+        for b, c in zip(boxes, colors, strict=True):
             ax.add_patch(Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, edgecolor=c, lw=1.6))
         ax.add_patch(Rectangle((obj[0], obj[1]), obj[2] - obj[0], obj[3] - obj[1], fill=False,
                                edgecolor="white", lw=1.2, ls="--"))

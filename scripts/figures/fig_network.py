@@ -42,7 +42,7 @@ def main(outdir):
         lo_hi = [_box_range(pc, k) for k in xs]
         ax.plot(xs, rf, "o-", color="#377eb8", label="receptive field of a head output")
         ax.plot(xs, jump, "s-", color="#4daf4a", label="cell stride of the network (input px)")
-        for k, (lo, hi) in zip(xs, lo_hi):
+        for k, (lo, hi) in zip(xs, lo_hi, strict=True):
             ax.plot([k, k], [lo, hi], color="#e41a1c", lw=6, alpha=0.6, solid_capstyle="butt",
                     label="default-box sides" if k == 0 else None)
         ax.axhline(cfg["image_size"], color="k", ls="--", lw=1, label=f"input size ({cfg['image_size']} px)")
@@ -51,7 +51,7 @@ def main(outdir):
         ax.set_xticklabels([f"{s}\n{rows[s]['size']}x{rows[s]['size']}" for s in cfg["sources"]], fontsize=8)
         ax.set_ylabel("pixels of the input")
         ax.set_title(f"{name}: {cfg['image_size']} px input")
-        for k, r in zip(xs, rf):
+        for k, r in zip(xs, rf, strict=True):
             ax.annotate(str(r), (k, r), textcoords="offset points", xytext=(4, 4), fontsize=7, color="#377eb8")
         ax.grid(True, which="both", alpha=0.2)
         if panel == 0:
