@@ -50,6 +50,9 @@ LAUNCHER_MARKER_VARS = LAUNCHER_SIZE_VARS + ("PMIX_RANK", "PMI_RANK", "MPI_LOCAL
 
 _OPS = ("sum", "max", "min")
 
+# Seconds an aborting rank waits after writing its message, so that mpiexec forwards it before MPI_Abort.
+ABORT_GRACE_S = 0.5
+
 
 class DistributedError(RuntimeError):
     """The job cannot run as asked: MPI missing under mpiexec, NCCL unavailable, a bad buffer."""
@@ -293,6 +296,9 @@ class MPIComm(Communicator):
         sys.stderr.flush()
         sys.stdout.flush()
         code = int(code) if code else 1
+        # MPI_Abort kills every process at once, the launcher's I/O forwarding included: give it a moment
+        # to pass the lines above on, or the user may see an empty stderr (seen in CI with MPICH's hydra).
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
         # MPI_Abort does not return; should a signal from the launcher interrupt it (two ranks aborting
         # at once), the process still must not go on as if nothing had happened.
