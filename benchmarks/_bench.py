@@ -94,14 +94,32 @@ def busy_threshold(threads: int) -> float:
 
 
 def others_running() -> int:
-    """Runnable tasks on the machine now, less the one reading (/proc/loadavg's 4th field, "r/total");
-    -1 where unreadable. The 1-minute average lags by a minute: a job that starts in the middle of a
-    table shows here at once."""
+    """Runnable threads of OTHER processes on the machine now (state R in /proc/PID/task/*/stat); -1
+    where /proc is unreadable. The 1-minute average lags by a minute: a job that starts in the middle of
+    a table shows here at once. This process's own threads are left out: PyTorch's OpenMP workers
+    spin for a while after each call, so /proc/loadavg's runnable count (field 4) is rarely zero while
+    the benchmark runs, even on an idle machine."""
+    me = os.getpid()
     try:
-        with open("/proc/loadavg") as f:
-            return max(0, int(f.read().split()[3].split("/")[0]) - 1)
-    except (OSError, IndexError, ValueError):
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
         return -1
+    running = 0
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue   # gone, or not ours to read
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            running += state == "R"
+    return running
 
 
 class LoadGuard:
