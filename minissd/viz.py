@@ -175,21 +175,29 @@ def plot_curves(records, path, title=None) -> str:
         ax_loss.legend(fontsize=8)
         ax_lr.plot(it, [r["lr"] for r in train], color="tab:green")
     ax_loss.set_xlabel("iteration")
-    ax_loss.set_title("training loss", fontsize=10)
-    ax_lr.set_xlabel("iteration")
+    ax_loss.set_title("training loss (light: per record)", fontsize=10)
     ax_lr.set_title("learning rate", fontsize=10)
-    for split in sorted({r.get("split", "val") for r in evals}):
+    # The test split is evaluated once, at the last iteration, where the last validation point also
+    # sits: the two get different markers (validation: dots on a line; test: a large hollow star) and
+    # their values go in the legend, so neither hides the other.
+    style = {"val": dict(marker="o", markersize=4, linestyle="-", color="tab:blue", zorder=2),
+             "test": dict(marker="*", markersize=16, linestyle="none", markerfacecolor="none",
+                          markeredgewidth=1.5, color="tab:red", zorder=3)}
+    for split in sorted({r.get("split", "val") for r in evals}, key=lambda s: s != "val"):
         pts = [r for r in evals if r.get("split", "val") == split]
-        ax_map.plot([r["iteration"] for r in pts], [r["map"] for r in pts], marker="o",
-                    label=f"{split} mAP@0.5")
+        x = [r["iteration"] for r in pts]
+        y = [r["map"] for r in pts]
+        ax_map.plot(x, y, label=f"{split} mAP@0.5 (last {y[-1]:.3f} at {x[-1]})",
+                    **style.get(split, dict(marker="s", linestyle="--")))
     if evals:
-        ax_map.legend(fontsize=8)
+        ax_map.legend(fontsize=8, loc="lower right")
     last = max([r["iteration"] for r in train + evals] or [1])
-    ax_map.set_xlim(0, last * 1.02)
+    ax_map.set_xlim(0, last * 1.05)
     ax_map.set_ylim(0, 1)
     ax_map.grid(alpha=0.3)
-    ax_map.set_xlabel("iteration")
-    ax_map.set_title("VOC mAP@0.5", fontsize=10)
+    ax_map.set_title("VOC mAP@0.5 (11-point)", fontsize=10)
+    for ax in (ax_loss, ax_lr, ax_map):
+        ax.set_xlabel("iteration")
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
