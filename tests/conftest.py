@@ -14,6 +14,8 @@
 import importlib.util
 import inspect
 import os
+import signal
+import subprocess
 
 import numpy as np
 import pytest
@@ -149,3 +151,21 @@ def pytest_runtest_makereport(item, call):
         if "torchvision" in why:
             report.outcome = "failed"
             report.longrepr = f"MINISSD_REQUIRE_TORCHVISION is set but this test skipped: {why}"
+
+
+def run_mpi_job(cmd, env, timeout, what=None):
+    """Run an ``mpiexec`` command line in its own process group: (returncode, stdout, stderr).
+
+    A job still running at ``timeout`` seconds (a hung collective) is killed with its whole process
+    group and the test fails with both streams, instead of hanging the suite.
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{what or ' '.join(map(str, cmd))} still running after {timeout} s (hung collective?)\n"
+                    f"stdout:\n{out}\nstderr:\n{err}")
+    return proc.returncode, out, err

@@ -17,7 +17,6 @@ sizeable fraction of the change itself (tested below in-process).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import run_mpi_job
 from minissd import distributed as dist
 from minissd.checkpoint import load_checkpoint
 from minissd.data import DataLoader, ShapesDataset, TrainTransform
@@ -250,16 +250,7 @@ def run_job(args, n=2, script=None, timeout=TIMEOUT_S):
                     "(pip install mpich provides one)")
     target = [str(script)] if script else ["-m", "minissd.train"]
     cmd = [mpiexec, "-n", str(n), sys.executable, *target, *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} still running after {timeout} s (hung collective?)\n"
-                    f"stdout:\n{out}\nstderr:\n{err}")
-    return proc.returncode, out, err
+    return run_mpi_job(cmd, _env(), timeout)
 
 
 def _one_process(out):

@@ -7,7 +7,6 @@ and skip, saying so, only when mpi4py is missing. The NCCL path needs CuPy and G
 logic runs against stand-ins for cupy and cupy.cuda.nccl, and its error without CuPy runs for real.
 """
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from conftest import run_mpi_job
 from minissd import distributed as dist
 from minissd.nn.module import Module
 
@@ -368,16 +368,8 @@ def run_mpi(tmp_path, scenario, n=2, timeout=TIMEOUT_S):
     env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     cmd = [mpiexec, "-n", str(n), sys.executable, str(script), scenario, str(tmp_path), str(SEED)]
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"mpiexec -n {n} ({scenario}) still running after {timeout} s (hung collective?)\n"
-                    f"stdout:\n{out}\nstderr:\n{err}")
-    return proc.returncode, out, err, time.monotonic() - start
+    rc, out, err = run_mpi_job(cmd, env, timeout, what=f"mpiexec -n {n} ({scenario})")
+    return rc, out, err, time.monotonic() - start
 
 
 def _worker_arrays(rank):
