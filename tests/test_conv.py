@@ -628,3 +628,88 @@ def test_model_trunk_relus_are_in_place_and_the_model_matches_out_of_place(rng):
     np.testing.assert_array_equal(conf2, conf)
     for n, _, g in model.named_parameters():
         np.testing.assert_array_equal(g, grads[n], err_msg=n)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The blocked CPU path (Conv2d._forward_blocks / _backward_blocks): blocks of images, one per thread
+# at a time, each unrolled into cache-sized columns. BLOCK_BYTES is shrunk so that small inputs take it.
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("geom", GEOMETRIES, ids=_geom_id)
+@pytest.mark.parametrize("block_bytes", [1, 700])
+def test_blocked_path_matches_reference(geom, block_bytes, rng, monkeypatch):
+    """Blocks of one image and of several images (the last one short), forward and all three grads."""
+    monkeypatch.setattr(conv_mod, "BLOCK_BYTES", block_bytes)
+    N, C, H, W, k, s, p, d = geom
+    N += 3                                                   # 4-5 images: several blocks, a short last one
+    conv = Conv2d(C, 4, k, stride=s, padding=p, dilation=d, rng=rng).astype(np.float64)
+    conv.params["b"][...] = rng.standard_normal(4)
+    x = rng.standard_normal((N, C, H, W))
+    R, P = conv.params["W"][0].size, np.prod(conv_forward_ref(x[:1], conv.params["W"], None, s, p, d).shape[2:])
+    assert conv._blocked(np, N, R, int(P), 8) > 0, "the test must exercise the blocked path"
+    y = conv.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = conv.backward(dy)
+    rdx, rdW, rdb = conv_backward_ref(x, conv.params["W"], dy, s, p, d)
+    np.testing.assert_allclose(y, conv_forward_ref(x, conv.params["W"], conv.params["b"], s, p, d),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv.grads["W"], rdW, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv.grads["b"], rdb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sum_dx", [True, False])
+def test_blocked_group_and_no_input_grad_match_separate_references(sum_dx, rng, monkeypatch):
+    """The fused loc+conf heads on the blocked path; a layer without input_grad gets dW, db and no dx."""
+    monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 500)
+    x = rng.standard_normal((5, 3, 6, 6))
+    a = Conv2d(3, 4, 3, padding=1, rng=rng).astype(np.float64)
+    b = Conv2d(3, 2, 3, padding=1, rng=rng).astype(np.float64)
+    ya, yb = conv_group_forward([a, b], x)
+    dya, dyb = rng.standard_normal(ya.shape), rng.standard_normal(yb.shape)
+    dx = conv_group_backward([a, b], [dya, dyb], sum_dx=sum_dx)
+    ra, rb = conv_backward_ref(x, a.params["W"], dya, 1, 1), conv_backward_ref(x, b.params["W"], dyb, 1, 1)
+    np.testing.assert_allclose(ya, conv_forward_ref(x, a.params["W"], a.params["b"], 1, 1), atol=1e-12)
+    np.testing.assert_allclose(yb, conv_forward_ref(x, b.params["W"], b.params["b"], 1, 1), atol=1e-12)
+    np.testing.assert_allclose(dx, ra[0] + rb[0], atol=1e-12)
+    for layer, (_, dW, db) in ((a, ra), (b, rb)):
+        np.testing.assert_allclose(layer.grads["W"], dW, atol=1e-12)
+        np.testing.assert_allclose(layer.grads["b"], db, atol=1e-12)
+    first = Conv2d(3, 4, 3, padding=1, rng=rng, input_grad=False).astype(np.float64)
+    first.forward(x)
+    assert first.backward(dya) is None
+    np.testing.assert_allclose(first.grads["W"], conv_backward_ref(x, first.params["W"], dya, 1, 1)[1], atol=1e-12)
+
+
+def test_blocked_path_is_bitwise_the_same_for_any_thread_count_and_accumulates(rng, monkeypatch):
+    """dW and db are summed block by block in block order: 1 and 3 threads give identical bits, and a
+    second backward adds to the gradients (never overwrites them)."""
+    monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 2000)
+    x = rng.standard_normal((7, 3, 9, 9)).astype(np.float32)
+    dy = rng.standard_normal((7, 6, 9, 9)).astype(np.float32)
+    results = []
+    for threads in (1, 3):
+        set_num_threads(threads)
+        try:
+            conv = Conv2d(3, 6, 3, padding=1, rng=np.random.default_rng(5))
+            assert conv._blocked(np, 7, 27, 81, 4) > 0
+            y = conv.forward(x).copy()
+            dx = conv.backward(dy).copy()
+            once = conv.grads["W"].copy(), conv.grads["b"].copy()
+            conv.forward(x)
+            conv.backward(dy)
+            np.testing.assert_allclose(conv.grads["W"], 2 * once[0], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(conv.grads["b"], 2 * once[1], rtol=1e-5, atol=1e-5)
+            results.append((y, dx) + once)
+        finally:
+            set_num_threads(0)
+    for a, b in zip(*results, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_blocked_path_is_taken_only_on_the_cpu_for_large_batches():
+    """Columns of at most two blocks run as one whole-batch GEMM; the block size depends on shapes only."""
+    conv = Conv2d(16, 32, 3, padding=1, rng=np.random.default_rng(0))
+    per_image = 16 * 9 * 64 * 64 * 4
+    assert conv._blocked(np, 32, 16 * 9, 64 * 64, 4) == max(1, conv_mod.BLOCK_BYTES // per_image)
+    assert conv._blocked(np, 1, 16 * 9, 8 * 8, 4) == 0
+    assert conv._blocked(object(), 32, 16 * 9, 64 * 64, 4) == 0
