@@ -635,17 +635,17 @@ def test_model_trunk_relus_are_in_place_and_the_model_matches_out_of_place(rng):
 # at a time, each unrolled into cache-sized columns. BLOCK_BYTES is shrunk so that small inputs take it.
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("geom", GEOMETRIES, ids=_geom_id)
-@pytest.mark.parametrize("block_bytes", [1, 700])
-def test_blocked_path_matches_reference(geom, block_bytes, rng, monkeypatch):
-    """Blocks of one image and of several images (the last one short), forward and all three grads."""
-    monkeypatch.setattr(conv_mod, "BLOCK_BYTES", block_bytes)
+@pytest.mark.parametrize("per_block", [1, 2])
+def test_blocked_path_matches_reference(geom, per_block, rng, monkeypatch):
+    """Blocks of one image and of two (the last one short), forward and all three gradients."""
     N, C, H, W, k, s, p, d = geom
-    N += 3                                                   # 4-5 images: several blocks, a short last one
+    N += 5                                                   # 6-7 images: several blocks, a short last one
     conv = Conv2d(C, 4, k, stride=s, padding=p, dilation=d, rng=rng).astype(np.float64)
     conv.params["b"][...] = rng.standard_normal(4)
     x = rng.standard_normal((N, C, H, W))
-    R, P = conv.params["W"][0].size, np.prod(conv_forward_ref(x[:1], conv.params["W"], None, s, p, d).shape[2:])
-    assert conv._blocked(np, N, R, int(P), 8) > 0, "the test must exercise the blocked path"
+    R, P = conv.params["W"][0].size, int(np.prod(conv_forward_ref(x[:1], conv.params["W"], None, s, p, d).shape[2:]))
+    monkeypatch.setattr(conv_mod, "BLOCK_BYTES", per_block * R * P * 8)
+    assert conv._blocked(np, N, R, P, 8) == per_block, "the test must exercise the blocked path"
     y = conv.forward(x)
     dy = rng.standard_normal(y.shape)
     dx = conv.backward(dy)
@@ -707,9 +707,11 @@ def test_blocked_path_is_bitwise_the_same_for_any_thread_count_and_accumulates(r
 
 
 def test_blocked_path_is_taken_only_on_the_cpu_for_large_batches():
-    """Columns of at most two blocks run as one whole-batch GEMM; the block size depends on shapes only."""
+    """Columns of at most two blocks, or images under half a block, run as one whole-batch GEMM; the block
+    size depends on the shapes only."""
     conv = Conv2d(16, 32, 3, padding=1, rng=np.random.default_rng(0))
     per_image = 16 * 9 * 64 * 64 * 4
     assert conv._blocked(np, 32, 16 * 9, 64 * 64, 4) == max(1, conv_mod.BLOCK_BYTES // per_image)
     assert conv._blocked(np, 1, 16 * 9, 8 * 8, 4) == 0
+    assert conv._blocked(np, 32, 128 * 9, 8 * 8, 4) == 0          # 295 kB an image: under half a block
     assert conv._blocked(object(), 32, 16 * 9, 64 * 64, 4) == 0
