@@ -1,0 +1,111 @@
+"""Behaviours of the layers (minissd/nn: conv, im2col, pool, relu, l2norm) that the mutation run of
+issue 16 found unpinned by tests/test_conv.py, test_layers.py and test_module.py (tests/mutation/nn.md)."""
+import numpy as np
+import pytest
+
+from minissd.nn import (
+    Conv2d,
+    L2Norm,
+    MaxPool2d,
+    ReLU,
+    maxpool_backward_ref,
+    maxpool_forward_ref,
+    relu_backward_ref,
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# MaxPool2d's reference twins
+# ---------------------------------------------------------------------------------------------------
+def test_maxpool_reference_defaults_are_no_padding_floor_and_stride_equal_to_the_kernel():
+    """maxpool_forward_ref(x, 2) on 5x5: 2x2/s2, no padding, floor mode -> 2x2 (the last row/column dropped)."""
+    x = np.arange(25.0).reshape(1, 1, 5, 5)
+    y, argmax = maxpool_forward_ref(x, 2)
+    np.testing.assert_array_equal(y, [[[[6.0, 8.0], [16.0, 18.0]]]])
+    np.testing.assert_array_equal(argmax, [[[[6, 8], [16, 18]]]])
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(kernel_size=0), "kernel_size must be >= 1"),
+    (dict(kernel_size=2, stride=0), "stride must be >= 1"),
+    (dict(kernel_size=2, padding=-1), "padding must be >= 0"),
+])
+def test_maxpool_reference_names_its_bad_argument(kwargs, name):
+    """The reference's argument checks say which argument is wrong."""
+    with pytest.raises(ValueError, match=name):
+        maxpool_forward_ref(np.zeros((1, 1, 4, 4)), **kwargs)
+
+
+def test_maxpool_references_keep_float32():
+    """The reference forward and backward return the input's dtype (float32 stays float32)."""
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    y, argmax = maxpool_forward_ref(x, 2)
+    assert y.dtype == np.float32
+    dx = maxpool_backward_ref(np.ones_like(y), argmax, x.shape)
+    assert dx.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------------
+# Caches: backward without a fresh forward is an error, not a silent reuse
+# ---------------------------------------------------------------------------------------------------
+def _layers_and_inputs():
+    x = np.random.default_rng(1).standard_normal((1, 3, 4, 4))
+    return [(ReLU(), x), (ReLU(inplace=True), x.copy()), (MaxPool2d(2), x),
+            (L2Norm(3).astype(np.float64), x), (Conv2d(3, 2, 3, padding=1).astype(np.float64), x)]
+
+
+@pytest.mark.parametrize("i", range(5))
+def test_backward_needs_a_fresh_forward(i):
+    """Backward before forward, a second backward, and backward after clear_cache raise RuntimeError."""
+    layer, x = _layers_and_inputs()[i]
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(np.ones_like(x))
+    y = layer.forward(x.copy())
+    layer.backward(np.ones_like(y))
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(np.ones_like(y))
+    layer.forward(x.copy())
+    layer.clear_cache()
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(np.ones_like(y))
+
+
+# ---------------------------------------------------------------------------------------------------
+# ReLU
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("inplace", [False, True])
+def test_relu_backward_casts_dy_to_the_layers_dtype(inplace):
+    """A float32 ReLU given a float64 (or non-contiguous) dy returns float32 dL/dx, the reference's values."""
+    g = np.random.default_rng(2)
+    x = g.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    dy = g.standard_normal((2, 3, 5, 4)).transpose(0, 1, 3, 2)          # float64, not contiguous
+    relu = ReLU(inplace=inplace)
+    relu.forward(x.copy())
+    dx = relu.backward(dy)
+    assert dx.dtype == np.float32 and dx.shape == x.shape
+    np.testing.assert_array_equal(dx, relu_backward_ref(x, dy.astype(np.float32)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# L2Norm
+# ---------------------------------------------------------------------------------------------------
+def test_l2norm_bad_channels_names_the_layer():
+    with pytest.raises(ValueError, match="L2Norm: channels must be a positive int"):
+        L2Norm(0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# repr: what each layer prints in a model summary
+# ---------------------------------------------------------------------------------------------------
+def test_layer_reprs_show_their_options():
+    """Options at their defaults stay out of the repr; others (dilation, bias=False, ceil_mode, inplace) show."""
+    assert repr(ReLU()) == "ReLU()"
+    assert repr(ReLU(inplace=True)) == "ReLU(inplace=True)"
+    assert repr(MaxPool2d(2)) == "MaxPool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))"
+    assert repr(MaxPool2d(3, 1, 1, ceil_mode=True)) == \
+        "MaxPool2d(kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), ceil_mode=True)"
+    assert repr(Conv2d(3, 4, 3)) == "Conv2d(3, 4, kernel_size=(3, 3), stride=(1, 1), padding=(0, 0))"
+    for dilation in [(2, 1), (1, 2)]:
+        assert repr(Conv2d(3, 4, 3, dilation=dilation, bias=False)) == (
+            f"Conv2d(3, 4, kernel_size=(3, 3), stride=(1, 1), padding=(0, 0), dilation={dilation}, bias=False)")
+    assert repr(L2Norm(4)) == "L2Norm(4, eps=1e-10)"
