@@ -20,6 +20,9 @@ def main(argv=None):
     parser.add_argument("--aug", choices=("flip", "crop", "full"), default="flip",
                         help="flip: flip only; crop: min-IoU crop + flip; full: the whole SSD augmentation")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--decay-at", type=float, default=None, metavar="FRAC",
+                        help="multiply the lr by 0.1 from this fraction of --iters on (minissd.train's default "
+                             "schedule is 0.85); default: no decay")
     parser.add_argument("--triangle-orientations", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -65,10 +68,12 @@ def main(argv=None):
         result = evaluate_detections(dets, gts, 4)
         return result["map"], {train.class_names[k - 1]: round(v, 3) for k, v in result["ap"].items()}
 
+    # minissd's multistep milestone: the lr drops after iteration round(frac * iters)
+    decay_from = round(args.decay_at * args.iters) if args.decay_at else None
     start = time.time()
     for it, batch in enumerate(loader.batches(), 1):
         for group in opt.param_groups:
-            group["lr"] = 0.04 * min(1.0, it / 100)
+            group["lr"] = 0.04 * min(1.0, it / 100) * (0.1 if decay_from and it > decay_from else 1.0)
         labels, matched = match_batch(priors, batch.boxes, batch.labels, 0.5, index=prior_index)
         loc_t = torch.from_numpy(encode(matched, priors).astype(np.float32))
         labels = torch.from_numpy(np.asarray(labels))
@@ -89,8 +94,10 @@ def main(argv=None):
             print("  val mAP %.3f %s" % evaluate("val", 200), flush=True)
         if it >= args.iters:
             break
+    train_s = time.time() - start
     m, ap = evaluate("test", 500)
-    print(f"iterations {args.iters} (batch 32, aug {args.aug}): test mAP@0.5 {m:.3f} {ap}")
+    print(f"iterations {args.iters} (batch 32, aug {args.aug}): {args.iters * 32 / train_s:.1f} images/s over "
+          f"{train_s / 60:.1f} min of training (validation passes included); test mAP@0.5 {m:.3f} {ap}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import requires_torch
@@ -105,3 +106,29 @@ def test_runnable_samples_mark_a_table_busy(monkeypatch):
     assert not quiet.busy
     monkeypatch.undo()
     assert _bench.others_running() >= -1
+
+
+def test_missed_objects_follows_the_devkit_matching():
+    """One image: two circles (one found, one only by a box at IoU 0.4), a difficult square never found
+    (not counted), a cross found only by a detection of another class (missed)."""
+    import misses
+
+    gt = {"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70]], float),
+          "labels": np.array([1, 1, 2, 4]), "difficult": np.array([False, False, True, False])}
+    det = {"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 24], [60, 60, 70, 70]], float),
+           "labels": np.array([1, 1, 3]), "scores": np.array([0.9, 0.8, 0.7])}
+    missed, found, total = misses.missed_objects([det], [gt])
+    assert total == {1: 2, 2: 0, 4: 1} and found == {1: 1}
+    assert [(m["gt"], m["label"]) for m in missed] == [(1, 1), (3, 4)]
+    assert missed[0]["best_iou"] == pytest.approx(0.4) and missed[1]["best_iou"] == 0.0
+
+
+def test_misses_script_runs_on_a_saved_model(tmp_path):
+    from minissd.model import build_model
+    from minissd.model.saving import save_model
+
+    path = save_model(str(tmp_path / "m.npz"), build_model("small", 5, rng=np.random.default_rng(0)),
+                      meta={"class_names": ["circle", "square", "triangle", "cross"]})
+    out = _run(["benchmarks/misses.py", path, "--limit", "3", "--show", "2"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "never matched at IoU >= 0.5" in out.stdout and "11-point AP ceiling" in out.stdout
