@@ -8,10 +8,15 @@ from minissd.nn import (
     L2Norm,
     MaxPool2d,
     ReLU,
+    col2im_ref,
+    conv_backward_ref,
+    conv_forward_ref,
+    im2col_ref,
     maxpool_backward_ref,
     maxpool_forward_ref,
     relu_backward_ref,
 )
+from minissd.nn.conv import conv_group_backward, conv_group_forward
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -43,6 +48,77 @@ def test_maxpool_references_keep_float32():
     assert y.dtype == np.float32
     dx = maxpool_backward_ref(np.ones_like(y), argmax, x.shape)
     assert dx.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------------
+# The convolution's reference twins
+# ---------------------------------------------------------------------------------------------------
+def test_im2col_reference_defaults_to_no_padding():
+    """im2col_ref(x, 3) / col2im_ref(col, shape, 3) on 5x5: stride 1, padding 0, dilation 1 -> 3x3 outputs."""
+    x = np.arange(50.0).reshape(1, 2, 5, 5)
+    col = im2col_ref(x, 3)
+    assert col.shape == (1, 18, 9)
+    np.testing.assert_array_equal(col[0, :, 0], x[0, :, :3, :3].ravel())
+    back = col2im_ref(np.ones_like(col), x.shape, 3)
+    np.testing.assert_array_equal(back[0, 0], [[1, 2, 3, 2, 1], [2, 4, 6, 4, 2], [3, 6, 9, 6, 3],
+                                               [2, 4, 6, 4, 2], [1, 2, 3, 2, 1]])
+
+
+def test_conv_references_keep_float32():
+    """The plain twins return the input's dtype: float32 in, float32 columns, outputs and gradients out."""
+    g = np.random.default_rng(3)
+    x = g.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    W = g.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    assert im2col_ref(x, 3, padding=1).dtype == np.float32
+    assert col2im_ref(im2col_ref(x, 3), x.shape, 3).dtype == np.float32
+    y = conv_forward_ref(x, W, None, padding=1)
+    assert y.dtype == np.float32
+    dx, dW, db = conv_backward_ref(x, W, np.ones_like(y), padding=1)
+    assert dx.dtype == dW.dtype == db.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fused heads: conv_group_forward / conv_group_backward
+# ---------------------------------------------------------------------------------------------------
+def test_conv_group_forward_checks_the_input_like_conv2d():
+    """The fused forward refuses what Conv2d.forward refuses, with Conv2d's message."""
+    layers = [Conv2d(3, 4, 3, padding=1), Conv2d(3, 2, 3, padding=1)]
+    with pytest.raises(ValueError, match=r"^Conv2d: expected 3 input channels"):
+        conv_group_forward(layers, np.zeros((1, 2, 5, 5), np.float32))
+    with pytest.raises(ValueError, match=r"^Conv2d: input dtype float64 .* parameter dtype float32"):
+        conv_group_forward(layers, np.zeros((1, 3, 5, 5), np.float64))
+
+
+def test_conv_group_of_three_layers_splits_the_output_at_each_layers_channels():
+    """Three fused layers (4, 2 and 3 filters): each output is that layer's own convolution."""
+    g = np.random.default_rng(4)
+    layers = [Conv2d(3, f, 3, padding=1, rng=g).astype(np.float64) for f in (4, 2, 3)]
+    for c in layers:
+        c.params["b"][...] = g.standard_normal(c.out_channels)
+    x = g.standard_normal((2, 3, 5, 6))
+    ys = conv_group_forward(layers, x)
+    for c, y in zip(layers, ys, strict=True):
+        np.testing.assert_allclose(y, conv_forward_ref(x, c.params["W"], c.params["b"], 1, 1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("input_grads", [(True, False), (False, True), (False, False)])
+def test_conv_group_backward_sums_dx_of_the_layers_that_want_it(input_grads):
+    """A layer with input_grad=False adds nothing to dx (first or second in the group); none wanting it: None."""
+    g = np.random.default_rng(5)
+    layers = [Conv2d(2, f, 3, padding=1, rng=g, input_grad=want).astype(np.float64)
+              for f, want in zip((3, 4), input_grads, strict=True)]
+    x = g.standard_normal((2, 2, 5, 5))
+    dys = [g.standard_normal(y.shape) for y in conv_group_forward(layers, x)]
+    dx = conv_group_backward(layers, dys)
+    if not any(input_grads):
+        assert dx is None
+        return
+    want = sum(conv_backward_ref(x, c.params["W"], dy, 1, 1)[0]
+               for c, dy in zip(layers, dys, strict=True) if c.input_grad)
+    np.testing.assert_allclose(dx, want, rtol=1e-12, atol=1e-12)
+    for c, dy in zip(layers, dys, strict=True):
+        np.testing.assert_allclose(c.grads["W"], conv_backward_ref(x, c.params["W"], dy, 1, 1)[1],
+                                   rtol=1e-12, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------
