@@ -715,3 +715,57 @@ def test_blocked_path_is_taken_only_on_the_cpu_for_large_batches():
     assert conv._blocked(np, 1, 16 * 9, 8 * 8, 4) == 0
     assert conv._blocked(np, 32, 128 * 9, 8 * 8, 4) == 0          # 295 kB an image: under half a block
     assert conv._blocked(object(), 32, 16 * 9, 64 * 64, 4) == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# dL/dx as a convolution of dy (Conv2d._dx_by_transposed_conv): stride 1, fewer filters than channels
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kernel,padding", [(3, 1), (3, 0), (1, 0), ((2, 3), (1, 0)), (3, 2)])
+@pytest.mark.parametrize("blocked", [False, True])
+def test_transposed_dx_matches_reference(kernel, padding, blocked, rng, monkeypatch):
+    """F < C, stride 1: dx from the flipped, channel-swapped filters over padded dy == the reference."""
+    conv = Conv2d(6, 2, kernel, padding=padding, rng=rng).astype(np.float64)
+    x = rng.standard_normal((5, 6, 7, 8))
+    y = conv.forward(x) if not blocked else None
+    if blocked:
+        R = conv.params["W"][0].size
+        P = int(np.prod(conv_forward_ref(x[:1], conv.params["W"], None, 1, padding).shape[2:]))
+        monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 2 * R * P * 8)
+        assert conv._blocked(np, 5, R, P, 8) == 2
+        y = conv.forward(x)
+    assert conv._transposed_dx(np, 2, 6, True)
+    dy = rng.standard_normal(y.shape)
+    dx = conv.backward(dy)
+    rdx, rdW, rdb = conv_backward_ref(x, conv.params["W"], dy, 1, padding)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv.grads["W"], rdW, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv.grads["b"], rdb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_transposed_dx_of_a_fused_group_is_the_sum_of_the_references(blocked, rng, monkeypatch):
+    if blocked:
+        monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 8 * 9 * 36 * 8)
+    x = rng.standard_normal((5, 8, 6, 6))
+    a = Conv2d(8, 2, 3, padding=1, rng=rng).astype(np.float64)
+    b = Conv2d(8, 3, 3, padding=1, rng=rng).astype(np.float64)
+    assert (a._blocked(np, 5, 72, 36, 8) > 0) == blocked and a._transposed_dx(np, 5, 8, True)
+    ya, yb = conv_group_forward([a, b], x)
+    dya, dyb = rng.standard_normal(ya.shape), rng.standard_normal(yb.shape)
+    dx = conv_group_backward([a, b], [dya, dyb])
+    ra, rb = conv_backward_ref(x, a.params["W"], dya, 1, 1), conv_backward_ref(x, b.params["W"], dyb, 1, 1)
+    np.testing.assert_allclose(dx, ra[0] + rb[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a.grads["W"], ra[1], atol=1e-12)
+    np.testing.assert_allclose(b.grads["W"], rb[1], atol=1e-12)
+
+
+def test_transposed_dx_is_taken_only_where_it_applies():
+    """Only F < C, stride 1, no dilation, padding at most K-1, one dx, on the CPU."""
+    head = Conv2d(128, 36, 3, padding=1, rng=np.random.default_rng(0))
+    assert head._transposed_dx(np, 36, 128, True)
+    assert not head._transposed_dx(np, 36, 128, False)          # no dx wanted (or several separate dx)
+    assert not head._transposed_dx(np, 128, 128, True)          # as many filters as channels
+    assert not head._transposed_dx(object(), 36, 128, True)     # the GPU keeps col2im
+    assert not Conv2d(128, 36, 3, stride=2, padding=1)._transposed_dx(np, 36, 128, True)
+    assert not Conv2d(128, 36, 3, padding=6, dilation=6)._transposed_dx(np, 36, 128, True)
+    assert not Conv2d(128, 36, 3, padding=3)._transposed_dx(np, 36, 128, True)

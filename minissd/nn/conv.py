@@ -282,6 +282,46 @@ class Conv2d(Module):
         """This thread's scratch buffer ``name`` (one per pool thread, from the shared workspace)."""
         return self.workspace.get(np, f"{name}/{threading.get_ident()}", shape, dtype)
 
+    def _transposed_dx(self, xp, Ft, C, want):
+        """Whether dL/dx is computed as a convolution of dy (see `_dx_by_transposed_conv`): on the CPU, for
+        one dx (a layer, or a fused group's sum), stride 1, no dilation, and fewer output channels than
+        input channels (SSD's heads: 36-54 filters on 128-1024 channels)."""
+        (KH, KW), (SH, SW), (PH, PW), (DH, DW) = self._conv_args()
+        return (xp is np and want and Ft < C and (SH, SW, DH, DW) == (1, 1, 1, 1)
+                and PH <= KH - 1 and PW <= KW - 1)
+
+    def _dx_by_transposed_conv(self, dyt, W_all, m, out, threads=False):
+        """dL/dx of ``m`` images from dy laid out rows first, ``dyt`` (Ft, m*OH*OW), into ``out`` (m, C, H, W).
+
+        With stride 1 the adjoint of a convolution is itself a convolution: of dy, padded by K-1-P, with
+        the filters flipped in space and their in/out channels swapped,
+            dx[n, c, h, w] = sum over f, kh, kw of W[f, c, KH-1-kh, KW-1-kw] * dy_pad[n, f, h + kh, w + kw].
+        When F < C its columns, (KH*KW*F, m*H*W), are smaller than the layer's own (C*KH*KW rows), and
+        this replaces the GEMM into those columns and the col2im that scatters them back. ``dyt`` is
+        unrolled as F*m one-channel images, which puts the rows in (kh, kw, f) order; the flipped
+        weights are laid out to match."""
+        (KH, KW), _, (PH, PW), _ = self._conv_args()
+        Ft, C = W_all.shape[0], out.shape[1]
+        OH, OW = self._out_hw
+        H, Wd = out.shape[2], out.shape[3]
+        flipped = W_all.reshape(Ft, C, KH, KW)[:, :, ::-1, ::-1].transpose(1, 2, 3, 0)   # (C, KH, KW, F)
+        Wt2d = np.ascontiguousarray(flipped).reshape(C, KH * KW * Ft)
+        dy_images = dyt.reshape(Ft * m, 1, OH, OW)
+        if threads:     # the whole-batch path: each step split across the pool
+            colt = self.workspace.get(np, "tcol", (KH * KW, Ft * m, H * Wd), out.dtype)
+            im2col(dy_images, (KH, KW), 1, (KH - 1 - PH, KW - 1 - PW), 1, out=colt, rows_first=True)
+            dxt = self.workspace.get(np, "tdx", (C, m, H * Wd), out.dtype)
+            _gemm(Wt2d, colt.reshape(KH * KW * Ft, m * H * Wd), dxt.reshape(C, m * H * Wd))
+            _transpose_images(out.reshape(m, C, H * Wd), dxt)
+            return
+        # a block, inside a pool job: this thread's own buffers, no further splitting
+        colt = self._scratch("tcol", (KH * KW, Ft * m, H * Wd), out.dtype)
+        cpu_kernels().im2col(dy_images, colt, KH, KW, 1, 1, KH - 1 - PH, KW - 1 - PW, 1, 1, True, 0,
+                             Ft * m * KH * KW)
+        dxt = self._scratch("tdx", (C, m, H * Wd), out.dtype)
+        np.matmul(Wt2d, colt.reshape(KH * KW * Ft, m * H * Wd), out=dxt.reshape(C, m * H * Wd))
+        np.copyto(out.reshape(m, C, H * Wd), dxt.transpose(1, 0, 2))
+
     def _forward_blocks(self, x, W2d, b, y, m):
         N = x.shape[0]
         F, R = W2d.shape
@@ -316,6 +356,7 @@ class Conv2d(Module):
         dW_parts = [None] * nb
         db_parts = [None] * nb
         want_dx = [d is not None for d in dxs]
+        transposed = self._transposed_dx(np, Ft, C, len(dxs) == 1 and want_dx[0])
 
         def job(first, last):
             for blk in range(first, last):
@@ -330,6 +371,9 @@ class Conv2d(Module):
                 col2d = col.reshape(R, mm * P)
                 db_parts[blk] = dyt2.sum(axis=1)
                 dW_parts[blk] = dyt2 @ col2d.T                                # (Ft, R)
+                if transposed:
+                    self._dx_by_transposed_conv(dyt2, W_all, mm, dxs[0][n0:n0 + mm])
+                    continue
                 # the columns are spent: their buffer takes dcol = W.T @ dy, then col2im adds it back
                 if sum_dx:
                     np.matmul(W_all.T, dyt2, out=col2d)
@@ -452,6 +496,10 @@ class Conv2d(Module):
             for i, (c, f0, F) in enumerate(zip(layers, starts, Fs, strict=False)):
                 dbs[i] = part[f0:f0 + F] if dbs[i] is None else dbs[i] + part[f0:f0 + F]
                 c.grads["W"].reshape(F, R)[...] += dW_all[f0:f0 + F]
+            if self._transposed_dx(xp, Ft, C, len(dxs) == 1 and dxs[0] is not None):
+                W_all = xp.concatenate(W2ds) if len(W2ds) > 1 else W2ds[0]
+                self._dx_by_transposed_conv(dyt, W_all, m, dxs[0][n0:n0 + m], threads=True)
+                continue
             if sum_dx:
                 # dx of the sum: one GEMM with the weights stacked, one col2im
                 W_all = xp.concatenate(W2ds)
