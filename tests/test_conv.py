@@ -640,12 +640,13 @@ def test_blocked_path_matches_reference(geom, per_block, rng, monkeypatch):
     """Blocks of one image and of two (the last one short), forward and all three gradients."""
     N, C, H, W, k, s, p, d = geom
     N += 5                                                   # 6-7 images: several blocks, a short last one
-    conv = Conv2d(C, 4, k, stride=s, padding=p, dilation=d, rng=rng).astype(np.float64)
-    conv.params["b"][...] = rng.standard_normal(4)
+    F = max(4, C)                                            # at least as many filters as channels
+    conv = Conv2d(C, F, k, stride=s, padding=p, dilation=d, rng=rng).astype(np.float64)
+    conv.params["b"][...] = rng.standard_normal(F)
     x = rng.standard_normal((N, C, H, W))
     R, P = conv.params["W"][0].size, int(np.prod(conv_forward_ref(x[:1], conv.params["W"], None, s, p, d).shape[2:]))
     monkeypatch.setattr(conv_mod, "BLOCK_BYTES", per_block * R * P * 8)
-    assert conv._blocked(np, N, R, P, 8) == per_block, "the test must exercise the blocked path"
+    assert conv._blocked(np, N, R, P, 8, F) == per_block, "the test must exercise the blocked path"
     y = conv.forward(x)
     dy = rng.standard_normal(y.shape)
     dx = conv.backward(dy)
@@ -691,7 +692,7 @@ def test_blocked_path_is_bitwise_the_same_for_any_thread_count_and_accumulates(r
         set_num_threads(threads)
         try:
             conv = Conv2d(3, 6, 3, padding=1, rng=np.random.default_rng(5))
-            assert conv._blocked(np, 7, 27, 81, 4) > 0
+            assert conv._blocked(np, 7, 27, 81, 4, 6) > 0
             y = conv.forward(x).copy()
             dx = conv.backward(dy).copy()
             once = conv.grads["W"].copy(), conv.grads["b"].copy()
@@ -707,33 +708,32 @@ def test_blocked_path_is_bitwise_the_same_for_any_thread_count_and_accumulates(r
 
 
 def test_blocked_path_is_taken_only_on_the_cpu_for_large_batches():
-    """Columns of at most two blocks, or images under half a block, run as one whole-batch GEMM; the block
-    size depends on the shapes only."""
+    """Columns of at most two blocks, images under half a block, or fewer filters than channels run as
+    one whole-batch GEMM; the block size depends on the shapes only."""
     conv = Conv2d(16, 32, 3, padding=1, rng=np.random.default_rng(0))
     per_image = 16 * 9 * 64 * 64 * 4
-    assert conv._blocked(np, 32, 16 * 9, 64 * 64, 4) == max(1, conv_mod.BLOCK_BYTES // per_image)
-    assert conv._blocked(np, 1, 16 * 9, 8 * 8, 4) == 0
-    assert conv._blocked(np, 32, 128 * 9, 8 * 8, 4) == 0          # 295 kB an image: under half a block
-    assert conv._blocked(object(), 32, 16 * 9, 64 * 64, 4) == 0
+    assert conv._blocked(np, 32, 16 * 9, 64 * 64, 4, 32) == max(1, conv_mod.BLOCK_BYTES // per_image)
+    assert conv._blocked(np, 1, 16 * 9, 8 * 8, 4, 32) == 0
+    assert conv._blocked(np, 32, 128 * 9, 8 * 8, 4, 128) == 0      # 295 kB an image: under half a block
+    assert conv._blocked(np, 32, 16 * 9, 64 * 64, 4, 8) == 0      # fewer filters than channels (a head)
+    assert conv._blocked(object(), 32, 16 * 9, 64 * 64, 4, 32) == 0
 
 
 # ---------------------------------------------------------------------------------------------------
 # dL/dx as a convolution of dy (Conv2d._dx_by_transposed_conv): stride 1, fewer filters than channels
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kernel,padding", [(3, 1), (3, 0), (1, 0), ((2, 3), (1, 0)), (3, 2)])
-@pytest.mark.parametrize("blocked", [False, True])
-def test_transposed_dx_matches_reference(kernel, padding, blocked, rng, monkeypatch):
-    """F < C, stride 1: dx from the flipped, channel-swapped filters over padded dy == the reference."""
+@pytest.mark.parametrize("chunked", [False, True])
+def test_transposed_dx_matches_reference(kernel, padding, chunked, rng, monkeypatch):
+    """F < C, stride 1: dx from the flipped, channel-swapped filters over padded dy == the reference,
+    on the whole batch and in chunks of images (columns too large to keep)."""
     conv = Conv2d(6, 2, kernel, padding=padding, rng=rng).astype(np.float64)
     x = rng.standard_normal((5, 6, 7, 8))
-    y = conv.forward(x) if not blocked else None
-    if blocked:
-        R = conv.params["W"][0].size
-        P = int(np.prod(conv_forward_ref(x[:1], conv.params["W"], None, 1, padding).shape[2:]))
-        monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 2 * R * P * 8)
-        assert conv._blocked(np, 5, R, P, 8) == 2
-        y = conv.forward(x)
-    assert conv._transposed_dx(np, 2, 6, True)
+    if chunked:
+        monkeypatch.setattr(conv_mod, "CACHE_BYTES", 0)
+        monkeypatch.setattr(conv_mod, "CHUNK_BYTES", 1)          # one image at a time
+    assert conv._transposed_dx(np, 2, 6, True) and conv._blocked(np, 5, 54, 56, 8, 2) == 0
+    y = conv.forward(x)
     dy = rng.standard_normal(y.shape)
     dx = conv.backward(dy)
     rdx, rdW, rdb = conv_backward_ref(x, conv.params["W"], dy, 1, padding)
@@ -742,14 +742,12 @@ def test_transposed_dx_matches_reference(kernel, padding, blocked, rng, monkeypa
     np.testing.assert_allclose(conv.grads["b"], rdb, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("blocked", [False, True])
-def test_transposed_dx_of_a_fused_group_is_the_sum_of_the_references(blocked, rng, monkeypatch):
-    if blocked:
-        monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 8 * 9 * 36 * 8)
+def test_transposed_dx_of_a_fused_group_is_the_sum_of_the_references(rng, monkeypatch):
+    monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 1)                  # would block, were it not a head
     x = rng.standard_normal((5, 8, 6, 6))
     a = Conv2d(8, 2, 3, padding=1, rng=rng).astype(np.float64)
     b = Conv2d(8, 3, 3, padding=1, rng=rng).astype(np.float64)
-    assert (a._blocked(np, 5, 72, 36, 8) > 0) == blocked and a._transposed_dx(np, 5, 8, True)
+    assert a._blocked(np, 5, 72, 36, 8, 5) == 0 and a._transposed_dx(np, 5, 8, True)
     ya, yb = conv_group_forward([a, b], x)
     dya, dyb = rng.standard_normal(ya.shape), rng.standard_normal(yb.shape)
     dx = conv_group_backward([a, b], [dya, dyb])

@@ -266,12 +266,16 @@ class Conv2d(Module):
     # to memory and back, and the two threads work on separate images instead of splitting one GEMM.
     # Backward unrolls each block again (cheaper than keeping 75 MB), and gets each block's share of
     # dW and db; the shares are added in block order, so the result does not depend on the threads.
-    def _blocked(self, xp, N, R, P, itemsize):
-        """Images per block for the blocked CPU path, or 0 for the whole-batch path (GPU, columns that
-        fit in two blocks, or images of under half a block: on the small model's 8x8 maps and below,
-        measured on a quiet 2-core machine, re-unrolling in backward and GEMMs of a few hundred columns
-        cost more than the cache saves). Depends on the shapes only, never on the number of threads."""
-        if xp is not np:
+    def _blocked(self, xp, N, R, P, itemsize, F):
+        """Images per block for the blocked CPU path, or 0 for the whole-batch path: on the GPU, for
+        columns that fit in two blocks, for images of under half a block (on the small model's 8x8 maps
+        and below, measured on a quiet 2-core machine, re-unrolling in backward and GEMMs of a few
+        hundred columns cost more than the cache saves), and for layers with fewer filters (``F``, all
+        of a fused group) than input channels: SSD's heads, whose dx comes from dy
+        (`_dx_by_transposed_conv`), so that the columns kept from forward serve dW alone; the 16x16
+        head of the small model took 0.88x (2 threads) the blocked time that way. Depends on the shapes
+        only, never on the number of threads."""
+        if xp is not np or F < self.in_channels:
             return 0
         per_image = max(1, R * P * itemsize)
         if N * per_image <= 2 * BLOCK_BYTES or 2 * per_image < BLOCK_BYTES:
@@ -290,7 +294,7 @@ class Conv2d(Module):
         return (xp is np and want and Ft < C and (SH, SW, DH, DW) == (1, 1, 1, 1)
                 and PH <= KH - 1 and PW <= KW - 1)
 
-    def _dx_by_transposed_conv(self, dyt, W_all, m, out, threads=False):
+    def _dx_by_transposed_conv(self, dyt, W_all, m, out):
         """dL/dx of ``m`` images from dy laid out rows first, ``dyt`` (Ft, m*OH*OW), into ``out`` (m, C, H, W).
 
         With stride 1 the adjoint of a convolution is itself a convolution: of dy, padded by K-1-P, with
@@ -306,21 +310,12 @@ class Conv2d(Module):
         H, Wd = out.shape[2], out.shape[3]
         flipped = W_all.reshape(Ft, C, KH, KW)[:, :, ::-1, ::-1].transpose(1, 2, 3, 0)   # (C, KH, KW, F)
         Wt2d = np.ascontiguousarray(flipped).reshape(C, KH * KW * Ft)
-        dy_images = dyt.reshape(Ft * m, 1, OH, OW)
-        if threads:     # the whole-batch path: each step split across the pool
-            colt = self.workspace.get(np, "tcol", (KH * KW, Ft * m, H * Wd), out.dtype)
-            im2col(dy_images, (KH, KW), 1, (KH - 1 - PH, KW - 1 - PW), 1, out=colt, rows_first=True)
-            dxt = self.workspace.get(np, "tdx", (C, m, H * Wd), out.dtype)
-            _gemm(Wt2d, colt.reshape(KH * KW * Ft, m * H * Wd), dxt.reshape(C, m * H * Wd))
-            _transpose_images(out.reshape(m, C, H * Wd), dxt)
-            return
-        # a block, inside a pool job: this thread's own buffers, no further splitting
-        colt = self._scratch("tcol", (KH * KW, Ft * m, H * Wd), out.dtype)
-        cpu_kernels().im2col(dy_images, colt, KH, KW, 1, 1, KH - 1 - PH, KW - 1 - PW, 1, 1, True, 0,
-                             Ft * m * KH * KW)
-        dxt = self._scratch("tdx", (C, m, H * Wd), out.dtype)
-        np.matmul(Wt2d, colt.reshape(KH * KW * Ft, m * H * Wd), out=dxt.reshape(C, m * H * Wd))
-        np.copyto(out.reshape(m, C, H * Wd), dxt.transpose(1, 0, 2))
+        colt = self.workspace.get(np, "tcol", (KH * KW, Ft * m, H * Wd), out.dtype)
+        im2col(dyt.reshape(Ft * m, 1, OH, OW), (KH, KW), 1, (KH - 1 - PH, KW - 1 - PW), 1, out=colt,
+               rows_first=True)
+        dxt = self.workspace.get(np, "tdx", (C, m, H * Wd), out.dtype)
+        _gemm(Wt2d, colt.reshape(KH * KW * Ft, m * H * Wd), dxt.reshape(C, m * H * Wd))
+        _transpose_images(out.reshape(m, C, H * Wd), dxt)
 
     def _forward_blocks(self, x, W2d, b, y, m):
         N = x.shape[0]
@@ -356,7 +351,6 @@ class Conv2d(Module):
         dW_parts = [None] * nb
         db_parts = [None] * nb
         want_dx = [d is not None for d in dxs]
-        transposed = self._transposed_dx(np, Ft, C, len(dxs) == 1 and want_dx[0])
 
         def job(first, last):
             for blk in range(first, last):
@@ -371,9 +365,6 @@ class Conv2d(Module):
                 col2d = col.reshape(R, mm * P)
                 db_parts[blk] = dyt2.sum(axis=1)
                 dW_parts[blk] = dyt2 @ col2d.T                                # (Ft, R)
-                if transposed:
-                    self._dx_by_transposed_conv(dyt2, W_all, mm, dxs[0][n0:n0 + mm])
-                    continue
                 # the columns are spent: their buffer takes dcol = W.T @ dy, then col2im adds it back
                 if sum_dx:
                     np.matmul(W_all.T, dyt2, out=col2d)
@@ -419,7 +410,7 @@ class Conv2d(Module):
         self._x = x
         self._out_hw = (OH, OW)
         self._col_valid = False
-        m = self._blocked(xp, N, R, P, x.itemsize)
+        m = self._blocked(xp, N, R, P, x.itemsize, F)
         if m:
             self._forward_blocks(x, W2d, b, y, m)
             return y.reshape(N, F, OH, OW)
@@ -469,7 +460,7 @@ class Conv2d(Module):
         dxs = [xp.empty_like(x) if c.input_grad else None for c in layers]
         if sum_dx:
             dxs = dxs[:1]
-        m = self._blocked(xp, N, R, P, x.itemsize)
+        m = self._blocked(xp, N, R, P, x.itemsize, Ft)
         if m:
             W_all = xp.concatenate(W2ds) if len(W2ds) > 1 else W2ds[0]
             self._backward_blocks(layers, starts, Fs, W_all, dys, dxs, sum_dx, m)
@@ -498,7 +489,7 @@ class Conv2d(Module):
                 c.grads["W"].reshape(F, R)[...] += dW_all[f0:f0 + F]
             if self._transposed_dx(xp, Ft, C, len(dxs) == 1 and dxs[0] is not None):
                 W_all = xp.concatenate(W2ds) if len(W2ds) > 1 else W2ds[0]
-                self._dx_by_transposed_conv(dyt, W_all, m, dxs[0][n0:n0 + m], threads=True)
+                self._dx_by_transposed_conv(dyt, W_all, m, dxs[0][n0:n0 + m])
                 continue
             if sum_dx:
                 # dx of the sum: one GEMM with the weights stacked, one col2im
