@@ -51,6 +51,62 @@ def test_maxpool_references_keep_float32():
 
 
 # ---------------------------------------------------------------------------------------------------
+# MaxPool2d
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kernel_size=0), "MaxPool2d kernel_size must be >= 1"),
+    (dict(kernel_size=2, stride=0), "MaxPool2d stride must be >= 1"),
+    (dict(kernel_size=2, padding=-1), "MaxPool2d padding must be >= 0"),
+])
+def test_maxpool_names_its_bad_argument(kwargs, message):
+    with pytest.raises(ValueError, match="^" + message):
+        MaxPool2d(**kwargs)
+
+
+def test_maxpool_with_a_1x1_kernel_is_the_identity():
+    """kernel 1 is allowed: every window is one pixel, y == x, dy goes straight back."""
+    x = np.random.default_rng(6).standard_normal((1, 2, 3, 4))
+    pool = MaxPool2d(1)
+    np.testing.assert_array_equal(pool.forward(x), x)
+    np.testing.assert_array_equal(pool.backward(2 * x), 2 * x)
+
+
+def test_maxpool_pads_height_and_width_separately():
+    """padding (1, 0) with a 3x2 kernel, stride 1: output 5x4 from 5x5, the reference's numbers."""
+    x = np.random.default_rng(7).standard_normal((1, 2, 5, 5))
+    for kernel, padding in [((3, 2), (1, 0)), ((2, 3), (0, 1))]:
+        pool = MaxPool2d(kernel, 1, padding)
+        y = pool.forward(x)
+        y_ref, _ = maxpool_forward_ref(x, kernel, 1, padding)
+        assert y.shape == pool.output_shape(x.shape) == y_ref.shape
+        np.testing.assert_array_equal(y, y_ref)
+
+
+def test_maxpool_output_of_one_pixel_is_allowed_and_a_window_too_tall_or_wide_is_not():
+    """A 1x1 output is fine; a kernel taller (or wider) than the input is refused even if the other side fits."""
+    x = np.arange(4.0).reshape(1, 1, 2, 2)
+    np.testing.assert_array_equal(MaxPool2d(2).forward(x), [[[[3.0]]]])
+    for kernel in [(3, 1), (1, 3)]:
+        with pytest.raises(ValueError, match="smaller than the kernel"):
+            MaxPool2d(kernel).forward(x)
+
+
+@pytest.mark.parametrize("dy_dtype", [np.float16, np.int64])
+def test_maxpool_backward_takes_any_numeric_dy_as_float32(dy_dtype):
+    """dy of another dtype (float16, int) is routed as float32; float32 and float64 dy keep their dtype."""
+    x = np.random.default_rng(8).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    pool = MaxPool2d(2)
+    y = pool.forward(x)
+    _, argmax = maxpool_forward_ref(x, 2)
+    dy = np.arange(y.size).reshape(y.shape).astype(dy_dtype)
+    dx = pool.backward(dy)
+    assert dx.dtype == np.float32
+    np.testing.assert_array_equal(dx, maxpool_backward_ref(dy.astype(np.float32), argmax, x.shape))
+    pool.forward(x)
+    assert pool.backward(dy.astype(np.float64)).dtype == np.float64
+
+
+# ---------------------------------------------------------------------------------------------------
 # The convolution's reference twins
 # ---------------------------------------------------------------------------------------------------
 def test_im2col_reference_defaults_to_no_padding():
