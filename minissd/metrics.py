@@ -421,6 +421,8 @@ def coco_results(detections, image_ids, label_to_category=None) -> list:
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if labels.shape != (len(boxes),) or scores.shape != (len(boxes),):
             raise ValueError(f"detections[{i}]: boxes, labels and scores must have one length")
+        if not np.all(np.isfinite(scores)):   # json.dumps would write NaN, which is not JSON
+            raise ValueError(f"detections[{i}].scores holds NaN or inf")
         iid = _coco_image_id(image_id)
         for b, lab, s in zip(boxes, labels, scores, strict=True):
             records.append({"image_id": iid, "category_id": cat(lab),
