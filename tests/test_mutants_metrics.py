@@ -60,6 +60,30 @@ def test_voc_ap_caffe_reaches_a_threshold_equal_to_the_recall():
     assert voc_ap([1.0], [1.0], True, "caffe") == pytest.approx(1.0, abs=1e-6)   # 11 float32 elevenths
 
 
+def py_faster_rcnn_area_ap(rec, prec):
+    """voc_eval.py's area AP (py-faster-rcnn; VOCap.m of the VOC2010+ devkit), transcribed."""
+    mrec = np.concatenate(([0.0], rec, [1.0]))
+    mpre = np.concatenate(([0.0], prec, [0.0]))
+    for i in range(mpre.size - 1, 0, -1):
+        mpre[i - 1] = np.maximum(mpre[i - 1], mpre[i])
+    i = np.where(mrec[1:] != mrec[:-1])[0]
+    return np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])
+
+
+def test_voc_ap_area_is_bitwise_the_reference_evaluator(rng):
+    """The area AP sums exactly the reference's terms in its order, so it is equal to the last bit (long
+    curves, some reaching recall 1): extra zero-width terms would regroup NumPy's pairwise summation."""
+    for _ in range(300):
+        k = int(rng.integers(1, 400))
+        hits = rng.random(k) < rng.uniform(0.2, 0.9)
+        n = int(hits.sum()) + int(rng.integers(0, 3))
+        if n == 0:
+            continue
+        tp = np.cumsum(hits, dtype=np.float64)
+        rec, prec = tp / n, tp / np.arange(1, k + 1)
+        assert voc_ap(rec, prec, False) == py_faster_rcnn_area_ap(rec, prec)
+
+
 # -- match_detections ------------------------------------------------------------------------------
 def test_match_detections_returns_boolean_masks_in_every_branch():
     """tp and fp are bool arrays (callers use ~fp, tp & x) with no detections, no boxes and greedy matching."""
@@ -290,6 +314,13 @@ def test_coco_results_errors_name_the_detection():
         coco_results([(np.zeros((1, 3)), [1], [0.5])], [1])
     with pytest.raises(ValueError, match=r"detections\[0\]: boxes, labels and scores must have one length"):
         coco_results([(np.array([A, B], float), [1, 2], [0.5])], [1])
+
+
+def test_coco_results_refuses_scores_that_json_cannot_hold():
+    """A NaN, inf or missing (None) score is refused: json.dumps would write NaN, which is not JSON."""
+    for bad in (np.nan, np.inf, None):
+        with pytest.raises(ValueError, match=r"detections\[0\]\.scores holds NaN or inf"):
+            coco_results([(np.array([A, B], float), [1, 2], [0.5, bad])], [1])
 
 
 def test_coco_results_flattens_column_labels_and_scores():
