@@ -3,6 +3,7 @@ each kills mutants that survived tests/test_boxes.py and tests/test_box_kernels.
 import numpy as np
 import pytest
 
+from conftest import gpu
 from minissd.boxes import (
     batched_detect,
     build_prior_index,
@@ -208,8 +209,11 @@ def test_match_takes_float32_and_integer_inputs():
 def test_large_integer_labels_are_kept_exactly():
     """Labels stay integers: a label above 2**53 (not exact as a float) comes back unchanged."""
     lab = 2**53 + 1
-    labels, _ = match(np.array([[0.5, 0.5, 1.0, 1.0]]), GOOD, np.array([lab], dtype=np.int64))
+    prior = np.array([[0.5, 0.5, 1.0, 1.0]])
+    labels, _ = match(prior, GOOD, np.array([lab], dtype=np.int64))
     assert int(labels[0]) == lab
+    labels, _ = match_batch(prior, [GOOD, np.zeros((0, 4))], [np.array([lab]), np.array([], dtype=np.int64)])
+    assert int(labels[0, 0]) == lab and int(labels[1, 0]) == 0        # an image without objects beside it
 
 
 def test_nms_orders_unsigned_scores_by_value():
@@ -347,3 +351,32 @@ def test_prior_index_of_no_priors():
             assert ix.group_area.shape == (0,) and ix.col_x1.shape == (0,)
         L, M = match(empty, GOOD, [1], index=ix)
         assert L.shape == (0,) and M.shape == (0, 4)
+
+
+# -- one argument on the GPU is enough (runs where CuPy and a GPU are present) ---------------------------------
+@gpu
+@pytest.mark.gpu
+def test_one_gpu_argument_puts_the_result_on_the_gpu():
+    """iou, nms, match_batch, encode and decode follow any one CuPy argument, with the CPU's result."""
+    import cupy as cp
+    a = np.array([[0, 0, 2, 2], [1, 1, 3, 3]], float)
+    b = np.array([[1, 1, 3, 3.0]])
+    scores = np.array([0.9, 0.8])
+    priors = make_priors("small")
+    gt, lab = np.array([[0.1, 0.1, 0.4, 0.5]]), np.array([2])
+    g = cxcywh_to_xyxy(priors)
+    calls = [
+        (iou, (a, b)),
+        (lambda x, s: nms(x, s, 0.1), (a, scores)),
+        (lambda p, g_, l_: match_batch(p, [g_], [l_])[0], (priors, gt, lab)),
+        (lambda p, g_, l_: match_batch(p, [g_], [l_])[1], (priors, gt, lab)),
+        (lambda x, p: encode(x, p), (g, priors)),
+        (lambda x, p: decode(x, p), (np.zeros_like(priors), priors)),
+    ]
+    for fn, args in calls:
+        want = fn(*args)
+        for i in range(len(args)):
+            moved = [cp.asarray(x) if j == i else x for j, x in enumerate(args)]
+            got = fn(*moved)
+            assert isinstance(got, cp.ndarray), (fn, i)
+            np.testing.assert_allclose(cp.asnumpy(got), want, atol=1e-12)
