@@ -343,3 +343,112 @@ def test_a_global_batch_that_does_not_split_is_a_one_line_error(tmp_path):
     assert rc != 0
     assert "--batch-size 5 (the global batch) is not a multiple of the 2 processes" in err, err
     assert "Traceback" not in err
+
+
+# -- an unreadable image met by one rank (issue 16) ---------------------------------------------------
+VOC_XML = ("<annotation><filename>{id}.jpg</filename><size><width>40</width><height>30</height><depth>3</depth>"
+           "</size><object><name>dog</name><difficult>0</difficult><bndbox><xmin>5</xmin><ymin>5</ymin>"
+           "<xmax>20</xmax><ymax>20</ymax></bndbox></object></annotation>")
+
+REPORT_EXIT = textwrap.dedent('''
+    import sys
+    from minissd import train
+    status = train.main(sys.argv[1:])
+    from mpi4py import MPI
+    print(f"rank {MPI.COMM_WORLD.Get_rank()} exit {status}", flush=True)
+    sys.exit(status)
+''')
+
+
+def _voc_tree(root, n=8, bad=None):
+    """A VOCdevkit/VOC2007 of ``n`` 40x30 JPEGs, one dog each; image ``bad`` (an index) cut in half."""
+    from PIL import Image
+
+    voc = os.path.join(root, "VOCdevkit", "VOC2007")
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        os.makedirs(os.path.join(voc, sub), exist_ok=True)
+    ids = [f"{i:06d}" for i in range(n)]
+    rng = np.random.default_rng(0)
+    for image_id in ids:
+        with open(os.path.join(voc, "Annotations", image_id + ".xml"), "w") as f:
+            f.write(VOC_XML.format(id=image_id))
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(
+            os.path.join(voc, "JPEGImages", image_id + ".jpg"))
+    for split in ("trainval", "val"):
+        with open(os.path.join(voc, "ImageSets", "Main", split + ".txt"), "w") as f:
+            f.write("".join(i + "\n" for i in ids))
+    if bad is not None:
+        path = os.path.join(voc, "JPEGImages", ids[bad] + ".jpg")
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[:len(data) // 2])
+        return voc, path
+    return voc, None
+
+
+def _rank_1_image_of_step_2():
+    """The dataset index of the first image rank 1 of 2 reads at step 2 (global batch 4, seed 0, 8 images)."""
+    loader = DataLoader(list(range(8)), 4, None, seed=0, num_workers=0, rank=1, world_size=2)
+    order = loader.order(0)                                       # epoch 0 visits each image once
+    return int(loader.shard(order[4:8])[0])
+
+
+def _assert_stopped_together(rc, out, err, path, iteration, run_dir):
+    """Every rank exits 1, one error line names the file and the resume, last.npz is at ``iteration``."""
+    assert rc == 1, f"exit {rc}\nstdout:\n{out}\nstderr:\n{err}"
+    assert sorted(line for line in out.splitlines() if line.startswith("rank ")) == \
+        ["rank 0 exit 1", "rank 1 exit 1"], out
+    assert "Traceback" not in err and "aborting" not in err, err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1, err
+    line = errors[0]
+    assert path in line and "--skip-unreadable" in line and f"--resume {run_dir}" in line, line
+    assert f"after iteration {iteration}" in line, line
+    _, meta = load_checkpoint(os.path.join(run_dir, "last.npz"))
+    assert meta["iteration"] == iteration and meta["world_size"] == 2
+    return line, meta
+
+
+@needs_mpi
+def test_an_unreadable_image_on_one_rank_stops_every_rank_and_resumes_with_skip(tmp_path):
+    # Only rank 1 reads the truncated image, at step 2: both ranks stop after step 1, rank 0 saves the
+    # state of step 1 (the batch of step 2 still to come), and the resume skips the image.
+    bad = _rank_1_image_of_step_2()
+    voc, path = _voc_tree(str(tmp_path), bad=bad)
+    run_dir = str(tmp_path / "run")
+    script = tmp_path / "report_exit.py"
+    script.write_text(REPORT_EXIT)
+    rc, out, err = run_job([*TINY, "--dataset", "voc:" + voc, "--out", run_dir], script=script)
+    line, meta = _assert_stopped_together(rc, out, err, path, 1, run_dir)
+    assert "rank 1 of 2" in line, line
+    # the loader resumes at step 2's batch, which rank 0 had already drawn when the ranks agreed to stop
+    assert (meta["loader"]["epoch"], meta["loader"]["position"]) == (0, 1)
+    rc, out, err = run_job(["--resume", run_dir, "--skip-unreadable", "--progress", "none"])
+    assert rc == 0, f"exit {rc}\nstdout:\n{out}\nstderr:\n{err}"
+    assert f"unreadable image #1 skipped (using the next readable image in its place): {path}" in err, err
+    _, meta = load_checkpoint(os.path.join(run_dir, "last.npz"))
+    assert meta["iteration"] == 3
+
+
+@needs_mpi
+@pytest.mark.parametrize("when", ["periodic", "final"])
+def test_an_unreadable_validation_image_stops_every_rank(tmp_path, when):
+    # Rank 0 alone validates: its DataError must end the other rank too, not leave it waiting.
+    train_voc, _ = _voc_tree(str(tmp_path / "train"))
+    val_voc, path = _voc_tree(str(tmp_path / "val"), n=4, bad=2)
+    run_dir = str(tmp_path / "run")
+    script = tmp_path / "report_exit.py"
+    script.write_text(REPORT_EXIT)
+    options = dict(zip(TINY[::2], TINY[1::2], strict=True))
+    options.update({"--dataset": "voc:" + train_voc, "--val-dataset": f"voc:{val_voc}:val", "--out": run_dir,
+                    "--eval-every": "2" if when == "periodic" else "0"})
+    args = [word for pair in options.items() for word in pair]
+    rc, out, err = run_job(args, script=script)
+    iteration = 2 if when == "periodic" else 3
+    line, meta = _assert_stopped_together(rc, out, err, path, iteration, run_dir)
+    assert "(rank 0 of 2)" in line, line
+    if when == "periodic":
+        assert meta["pending_eval"] == 2
+    rc, out, err = run_job(["--resume", run_dir, "--skip-unreadable", "--progress", "none"])
+    assert rc == 0, f"exit {rc}\nstdout:\n{out}\nstderr:\n{err}"
+    _, meta = load_checkpoint(os.path.join(run_dir, "last.npz"))
+    assert meta["iteration"] == 3

@@ -13,6 +13,14 @@ rank builds the same model from the same seed (then rank 0's weights are broadca
 of each global batch, and the step sums the gradients (`GradientBucket`); only rank 0 writes the run
 directory, logs, evaluates and checkpoints. What steers the loop is agreed: the stop flag
 (Ctrl-C/SIGTERM) every iteration, and rank 0's time plan.
+
+An unreadable image (DataError) is agreed on too, since one rank alone meets it: each step, before
+the batch is trained on, the ranks all-reduce one integer (the lowest rank whose batch failed, or K);
+after rank 0's validation and final evaluation, the same. When any rank failed, every rank raises that
+rank's error at the same point, the loader set back to before the batch (a resume draws it again), so
+every rank takes the single-process way out: rank 0 saves the state after the last finished iteration
+(all ranks hold the same weights) and prints the one line that names the rank and the file and says how
+to resume with --skip-unreadable; every rank exits 1. One process pays nothing for this.
 """
 from __future__ import annotations
 
@@ -102,6 +110,7 @@ class Trainer:
         self.pending_eval = None     # iteration whose periodic validation is due and not done yet
         self.unhealthy = None        # why the state at the last checkpoint was not healthy, or None
         self.skipped = {}            # role -> SkipUnreadable (--skip-unreadable)
+        self.failed_rank = None      # data-parallel: the rank whose unreadable image stopped the run
         self.phase = "setup"
 
     # -- setup -------------------------------------------------------------------------------
@@ -265,7 +274,8 @@ class Trainer:
             status = self._loop(start)
             if status is not None:     # stopped early: every rank agreed, rank 0 exits without _finish
                 return status
-            self.comm.idle_barrier()   # asleep while rank 0 runs the final evaluation
+            self.phase = "finish"
+            self._on_root(self._finish)   # asleep while rank 0 runs the final evaluation
             return 0
         write_json_atomic(os.path.join(self.run_dir, "config.json"), dict(c), sort_keys=True)
         if not self.resume:
@@ -285,9 +295,7 @@ class Trainer:
         if status is not None:
             return status
         self.phase = "finish"
-        status = self._finish()
-        self.comm.idle_barrier()
-        return status
+        return self._on_root(self._finish)
 
     def _interrupted_outside_loop(self) -> int:
         """Ctrl-C/SIGTERM in setup or in the final evaluation: one line saying what is saved."""
@@ -313,15 +321,74 @@ class Trainer:
             saved = self._checkpoint(iteration)
         elif self.phase == "finish":
             iteration, saved = self.final_iteration, os.path.exists(self.last_path)
+        if not self.comm.is_root:   # every rank stops here (agreed); rank 0 saved and speaks
+            return EXIT_ERROR
         if saved:
             where = "the final evaluation" if self.phase == "finish" else "training"
+            launch = f"mpiexec -n {self.comm.size} " if self.comm.size > 1 else ""
             tail = (f"; the state after iteration {iteration} is saved in {self.last_path}: fix the file, or "
-                    f"skip unreadable images, and continue {where} with: python -m minissd.train --resume "
-                    f"{self.run_dir} --skip-unreadable")
+                    f"skip unreadable images, and continue {where} with: {launch}python -m minissd.train "
+                    f"--resume {self.run_dir} --skip-unreadable")
         else:
             tail = " (use --skip-unreadable to skip and count unreadable images)"
-        print(f"minissd.train: error: unreadable image {err}{tail}", file=sys.stderr, flush=True)
+        who = f" (rank {self.failed_rank} of {self.comm.size})" if self.failed_rank is not None else ""
+        print(f"minissd.train: error: unreadable image {err}{who}{tail}", file=sys.stderr, flush=True)
         return EXIT_ERROR
+
+    def _agree_on_data_error(self, err):
+        """The ranks' shared verdict on work that may have met an unreadable image (a collective).
+
+        ``err``: this rank's DataError, or None. Returns None when no rank failed, else the DataError of
+        the lowest failing rank, on every rank (``self.failed_rank`` names it). Costs one integer
+        all-reduce when nothing failed, and a broadcast of the error when something did.
+        """
+        size = self.comm.size
+        first = self.comm.allreduce_scalar(self.comm.rank if err is not None else size, "min")
+        if first == size:
+            return None
+        self.failed_rank = first
+        return self.comm.bcast(err, root=first)
+
+    def _next_batch(self, stream):
+        """This rank's part of the next global batch; with K > 1 ranks, only once every rank has its own.
+
+        A rank alone with an unreadable image must not leave the others in the step's all-reduce: the
+        ranks agree first, and when any failed, every rank raises that DataError with its loader set
+        back to before this batch, so the state saved now resumes with it.
+        """
+        if self.comm.size == 1:
+            return next(stream)
+        before = self.loader.state_dict()
+        batch, err = None, None
+        try:
+            batch = next(stream)
+        except DataError as e:
+            err = e
+        err = self._agree_on_data_error(err)
+        if err is not None:
+            self.loader.load_state_dict(before)
+            raise err
+        return batch
+
+    def _on_root(self, work, *args):
+        """``work(*args)`` on rank 0 (validation, the final evaluation) while the other ranks sleep.
+
+        Returns its result on rank 0 and None elsewhere. An unreadable image it meets is raised on every
+        rank, so that they all stop together.
+        """
+        if self.comm.size == 1:
+            return work(*args)
+        result, err = None, None
+        if self.comm.is_root:
+            try:
+                result = work(*args)
+            except DataError as e:
+                err = e
+        self.comm.idle_barrier()
+        err = self._agree_on_data_error(err)
+        if err is not None:
+            raise err
+        return result
 
     def _loop(self, start: int):
         """Train from iteration ``start`` to the plan's end; an exit status, or None to go on to `_finish`."""
@@ -352,7 +419,7 @@ class Trainer:
                     t0 = time.perf_counter()
                     if timer is not None:
                         timer.start()
-                    batch = next(stream)
+                    batch = self._next_batch(stream)
                     t1 = time.perf_counter()
                     lr = float(self.schedule(iteration))
                     self.optimizer.lr = lr
@@ -396,8 +463,7 @@ class Trainer:
         """The periodic validation at ``iteration`` that the last session did not finish, done now."""
         if self.comm.is_root:
             self.progress.write(f"iter {iteration}: the validation the last session did not finish, done now")
-            self._validate(iteration, interrupt)
-        self.comm.idle_barrier()
+        self._on_root(self._validate, iteration, interrupt)
         if not self.comm.is_root or self.pending_eval is None:
             self.pending_eval = None
             return None
@@ -447,9 +513,7 @@ class Trainer:
         c = self.c
         evaluated = False
         if c["eval_every"] and iteration % c["eval_every"] == 0 and iteration < self.end:
-            if self.comm.is_root:
-                self._validate(iteration, interrupt)
-            self.comm.idle_barrier()   # the other ranks sleep while rank 0 evaluates
+            self._on_root(self._validate, iteration, interrupt)   # the other ranks sleep meanwhile
             evaluated = True
             self._window["t"] = time.perf_counter()  # eval time is not training throughput
         if c["checkpoint_every"] and iteration % c["checkpoint_every"] == 0:
