@@ -194,11 +194,20 @@ def timer(clock: str):
     raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
 
 
-def interleaved(fns, repeats: int, clock: str = "wall", warmup: int = 1):
+#: Seconds of sleep before each timed call. PyTorch's OpenMP workers spin for a while after each
+#: parallel region before they sleep; timed right after a torch call, a 2-thread minissd call shared both
+#: cores with them (the small model's 8x8 head convs read 2.0-2.2x torch's time back to back, 1.4x with
+#: the pause). The pause lets either side's leftover threads go idle before the other side is timed.
+SETTLE_S = 0.02
+
+
+def interleaved(fns, repeats: int, clock: str = "wall", warmup: int = 1, settle: float | None = None):
     """Seconds per call of each function in ``fns``, measured in rounds: one call of each, in order,
-    per round, after ``warmup`` untimed rounds. Returns one list of ``repeats`` times per function."""
+    per round, after ``warmup`` untimed rounds, each timed call after a pause of ``settle`` seconds
+    (default `SETTLE_S`). Returns one list of ``repeats`` times per function."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    settle = SETTLE_S if settle is None else float(settle)
     now = timer(clock)
     for _ in range(warmup):
         for f in fns:
@@ -206,6 +215,8 @@ def interleaved(fns, repeats: int, clock: str = "wall", warmup: int = 1):
     times = [[] for _ in fns]
     for _ in range(repeats):
         for i, f in enumerate(fns):
+            if settle > 0:
+                time.sleep(settle)
             t0 = now()
             f()
             times[i].append(now() - t0)
