@@ -16,7 +16,9 @@ from minissd.nn import (
     maxpool_forward_ref,
     relu_backward_ref,
 )
+from minissd.nn import conv as conv_mod
 from minissd.nn.conv import conv_group_backward, conv_group_forward
+from minissd.nn.pool import pool_output_size
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -82,6 +84,14 @@ def test_maxpool_pads_height_and_width_separately():
         np.testing.assert_array_equal(y, y_ref)
 
 
+def test_ceil_mode_keeps_a_last_window_that_starts_in_the_image():
+    """5 pixels, 3x3/s2/p1, ceil_mode: the third window starts at pixel 3 (inside the image) and is kept,
+    as in PyTorch; only a window starting in the right padding is dropped."""
+    assert pool_output_size(5, 3, 2, 1, ceil_mode=True) == 3
+    assert pool_output_size(4, 2, 2, 1, ceil_mode=True) == 3
+    assert MaxPool2d(3, 2, 1, ceil_mode=True).output_shape((1, 1, 5, 5)) == (1, 1, 3, 3)
+
+
 def test_maxpool_output_of_one_pixel_is_allowed_and_a_window_too_tall_or_wide_is_not():
     """A 1x1 output is fine; a kernel taller (or wider) than the input is refused even if the other side fits."""
     x = np.arange(4.0).reshape(1, 1, 2, 2)
@@ -131,6 +141,34 @@ def test_conv_references_keep_float32():
     assert y.dtype == np.float32
     dx, dW, db = conv_backward_ref(x, W, np.ones_like(y), padding=1)
     assert dx.dtype == dW.dtype == db.dtype == np.float32
+
+
+# ---------------------------------------------------------------------------------------------------
+# Conv2d's buffers
+# ---------------------------------------------------------------------------------------------------
+def test_conv2d_reuses_its_column_buffer_across_steps_and_remakes_it_for_a_new_batch_size():
+    """Training steps of one shape share one column buffer; another batch size gets a buffer of its own."""
+    g = np.random.default_rng(9)
+    conv = Conv2d(2, 3, 3, padding=1, rng=g).astype(np.float64)
+    x2, x3 = g.standard_normal((2, 2, 5, 5)), g.standard_normal((3, 2, 5, 5))
+    conv.forward(x2)
+    first = conv._col
+    conv.forward(x2)
+    assert conv._col is first
+    y3 = conv.forward(x3)
+    assert conv._col.shape == (18, 3, 25)
+    np.testing.assert_allclose(y3, conv_forward_ref(x3, conv.params["W"], conv.params["b"], 1, 1),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_chunks_hold_one_image_when_only_one_fits(monkeypatch):
+    """A chunk is at least one image, and no more than fit in CHUNK_BYTES."""
+    conv = Conv2d(3, 4, 3, padding=1)
+    one_image = 27 * 72 * 4
+    monkeypatch.setattr(conv_mod, "CHUNK_BYTES", one_image)
+    assert conv._chunk(5, 27, 72, 4) == 1
+    monkeypatch.setattr(conv_mod, "CHUNK_BYTES", one_image // 2)
+    assert conv._chunk(5, 27, 72, 4) == 1
 
 
 # ---------------------------------------------------------------------------------------------------
