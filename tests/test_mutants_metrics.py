@@ -465,8 +465,8 @@ def test_coco_evaluate_file_refuses_unknown_ids_and_files(tmp_path):
     pytest.importorskip("pycocotools")
     path = _write_instances(tmp_path)
     dets = _category_18_found()
-    with pytest.raises(ValueError, match=r"image_ids: 8 is not an image id of .*instances\.json \(1 unknown"):
-        coco_evaluate_file(path, dets, [7, 8, 100])
+    with pytest.raises(ValueError, match=r"image_ids: 8 is not an image id of .*instances\.json \(2 unknown"):
+        coco_evaluate_file(path, dets + [det([], [], [])], [7, 10, 8, 100])   # the smallest unknown, not "10"
     with pytest.raises(ValueError, match=r"image_ids: 'zz' is not an image id"):
         coco_evaluate_file(path, dets, [7, "zz", 100])
     with pytest.raises(ValueError, match=r"category id 45 \(from label_to_category or the labels\)"):
