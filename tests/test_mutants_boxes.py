@@ -238,6 +238,14 @@ def test_batched_detect_takes_float32_and_integer_probabilities():
 
 
 # -- nms and batched_detect edges -----------------------------------------------------------------------------
+def test_an_image_without_objects_is_all_background():
+    """No ground truth: every prior is background and carries its own box (so encode gives 0 there)."""
+    priors = make_priors("small")
+    labels, matched = match(priors, np.zeros((0, 4)), [])
+    assert not labels.any()
+    np.testing.assert_array_equal(matched, build_prior_index(priors).priors_xyxy)
+
+
 def test_nms_keeps_a_single_box():
     """One box is always kept."""
     keep = nms(np.array([[0, 0, 1, 1.0]]), np.array([0.3]), 0.5)
