@@ -452,3 +452,44 @@ def test_an_unreadable_validation_image_stops_every_rank(tmp_path, when):
     assert rc == 0, f"exit {rc}\nstdout:\n{out}\nstderr:\n{err}"
     _, meta = load_checkpoint(os.path.join(run_dir, "last.npz"))
     assert meta["iteration"] == 3
+
+
+class RecordingSingleProcess(dist.SingleProcess):
+    """One process that notes every collective it is asked for."""
+
+    def __init__(self):
+        self.calls = []
+
+    def allreduce_sum_(self, buf):
+        self.calls.append("allreduce_sum_")
+        return super().allreduce_sum_(buf)
+
+    def allreduce_scalar(self, value, op="sum"):
+        self.calls.append("allreduce_scalar")
+        return super().allreduce_scalar(value, op)
+
+    def bcast(self, obj, root=0):
+        self.calls.append("bcast")
+        return super().bcast(obj, root)
+
+    def idle_barrier(self, poll_s=0.005):
+        self.calls.append("idle_barrier")
+
+
+def test_one_process_agrees_on_nothing(tmp_path):
+    # The data-parallel agreements (batch read on every rank, rank 0's evaluations) cost one process
+    # nothing: a run with validation every step asks its communicator for no collective at all.
+    from minissd import train
+    from minissd.training import Trainer
+
+    options = dict(zip(TINY[::2], TINY[1::2], strict=True))
+    options.update({"--iterations": "2", "--val-dataset": "shapes:val", "--val-limit": "4", "--eval-every": "1"})
+    config, _ = train.parse_config([word for pair in options.items() for word in pair])
+    train.resolve_eval_specs(config)
+    train.resolve_augment(config)
+    config["device"] = "cpu"
+    comm = RecordingSingleProcess()
+    assert Trainer(config, str(tmp_path / "run"), profile=False, comm=comm).run() == 0
+    assert comm.calls == []
+    _, meta = load_checkpoint(str(tmp_path / "run" / "last.npz"))
+    assert meta["iteration"] == 2
