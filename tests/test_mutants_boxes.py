@@ -217,10 +217,10 @@ def test_large_integer_labels_are_kept_exactly():
 
 
 def test_nms_orders_unsigned_scores_by_value():
-    """Unsigned integer scores are ranked by value (no wrap-around when negated)."""
+    """Unsigned integer scores are ranked by value: -0 is 0 but -3 wraps to 253 in uint8."""
     boxes = np.array([[0, 0, 1, 1], [0, 0, 1, 0.9]], float)           # IoU 0.9
-    np.testing.assert_array_equal(nms(boxes, np.array([1, 2], np.uint8), 0.5), [1])
-    np.testing.assert_array_equal(nms(boxes, np.array([2, 1], np.uint8), 0.5), [0])
+    np.testing.assert_array_equal(nms(boxes, np.array([0, 3], np.uint8), 0.5), [1])
+    np.testing.assert_array_equal(nms(boxes, np.array([3, 0], np.uint8), 0.5), [0])
 
 
 def test_batched_detect_takes_float32_and_integer_probabilities():
