@@ -221,7 +221,7 @@ def test_conv_group_backward_sums_dx_of_the_layers_that_want_it(input_grads):
 def _layers_and_inputs():
     x = np.random.default_rng(1).standard_normal((1, 3, 4, 4))
     return [(ReLU(), x), (ReLU(inplace=True), x.copy()), (MaxPool2d(2), x),
-            (L2Norm(3).astype(np.float64), x), (Conv2d(3, 2, 3, padding=1).astype(np.float64), x)]
+            (L2Norm(3, dtype=np.float64), x), (Conv2d(3, 2, 3, padding=1, dtype=np.float64), x)]
 
 
 @pytest.mark.parametrize("i", range(5))
