@@ -34,6 +34,16 @@ def cpu_kernels():
 _THREADS = {"n": None, "pool": None, "blas_pinned": None}
 
 
+def _forget_pool_in_child() -> None:
+    """After fork: the child inherits the executor object but none of its threads, so work handed to it
+    would wait forever; the child starts its own pool on first use."""
+    _THREADS["pool"] = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def _default_threads() -> int:
     env = os.environ.get("MINISSD_NUM_THREADS", "").strip()
     if env:
