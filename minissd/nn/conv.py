@@ -317,19 +317,24 @@ class Conv2d(Module):
         _gemm(Wt2d, colt.reshape(KH * KW * Ft, m * H * Wd), dxt.reshape(C, m * H * Wd))
         _transpose_images(out.reshape(m, C, H * Wd), dxt)
 
+    def _unroll_block(self, x, blk, m, R, P):
+        """Block ``blk`` of ``m`` images of ``x``: its first image, its image count (the last block may be
+        short) and its columns (R, count, P), unrolled into this thread's buffer."""
+        n0 = blk * m
+        mm = min(x.shape[0], n0 + m) - n0
+        col = self._scratch("bcol", (R, mm, P), x.dtype)
+        (KH, KW), (SH, SW), (PH, PW), (DH, DW) = self._conv_args()
+        cpu_kernels().im2col(x[n0:n0 + mm], col, KH, KW, SH, SW, PH, PW, DH, DW, True, 0, mm * R)
+        return n0, mm, col
+
     def _forward_blocks(self, x, W2d, b, y, m):
         N = x.shape[0]
         F, R = W2d.shape
         P = y.shape[2]
-        (KH, KW), (SH, SW), (PH, PW), (DH, DW) = self._conv_args()
-        k = cpu_kernels()
 
         def job(first, last):
             for blk in range(first, last):
-                n0 = blk * m
-                mm = min(N, n0 + m) - n0
-                col = self._scratch("bcol", (R, mm, P), x.dtype)
-                k.im2col(x[n0:n0 + mm], col, KH, KW, SH, SW, PH, PW, DH, DW, True, 0, mm * R)
+                n0, mm, col = self._unroll_block(x, blk, m, R, P)
                 yt = self._scratch("by", (F, mm, P), x.dtype)
                 np.matmul(W2d, col.reshape(R, mm * P), out=yt.reshape(F, mm * P))
                 src = yt.transpose(1, 0, 2)                                  # (mm, F, P) view
@@ -354,10 +359,7 @@ class Conv2d(Module):
 
         def job(first, last):
             for blk in range(first, last):
-                n0 = blk * m
-                mm = min(N, n0 + m) - n0
-                col = self._scratch("bcol", (R, mm, P), x.dtype)
-                k.im2col(x[n0:n0 + mm], col, KH, KW, SH, SW, PH, PW, DH, DW, True, 0, mm * R)
+                n0, mm, col = self._unroll_block(x, blk, m, R, P)
                 dyt = self._scratch("by", (Ft, mm, P), x.dtype)
                 for f0, F, dy in zip(starts, Fs, dys, strict=False):
                     np.copyto(dyt[f0:f0 + F].transpose(1, 0, 2), dy[n0:n0 + mm])
