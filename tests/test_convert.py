@@ -242,7 +242,9 @@ def test_real_torchvision_ssd300_vgg16(rng):
             dist = np.where(free & (mine.labels == label), np.abs(mine.boxes * 300.0 - box).max(1), np.inf)
             j = int(np.argmin(dist))
             assert dist[j] <= 1e-2, (n, box, label, score, dist[j])              # pixels
-            assert abs(mine.scores[j] - score) <= 2e-6, (n, mine.scores[j], score)
+            # float32 rounding of a 35-layer network: the logits agree to 1e-5 of their largest (above),
+            # so the softmax scores to a few 1e-6 (3.6e-6 seen once the CPU convolution ran in blocks)
+            assert abs(mine.scores[j] - score) <= 1e-5, (n, mine.scores[j], score)
             free[j] = False
 
 
