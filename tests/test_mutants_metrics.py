@@ -17,21 +17,7 @@ from minissd.metrics import (
     match_detections,
     voc_ap,
 )
-
-A = [0, 0, 10, 10]
-B = [20, 20, 30, 30]
-FAR = [50, 50, 60, 60]
-
-
-def det(boxes, labels, scores):
-    return (np.array(boxes, dtype=float).reshape(-1, 4), np.array(labels, dtype=np.int64),
-            np.array(scores, dtype=float))
-
-
-def gt(boxes, labels, difficult=None):
-    boxes = np.array(boxes, dtype=float).reshape(-1, 4)
-    d = np.zeros(len(boxes), bool) if difficult is None else np.array(difficult, bool)
-    return boxes, np.array(labels, dtype=np.int64), d
+from test_metrics import FAR, A, B, det, gt  # noqa: E402  (the boxes and builders of the metrics tests)
 
 
 def _grid(n):
