@@ -463,14 +463,15 @@ class Conv2d(Module):
         if sum_dx:
             dxs = dxs[:1]
         m = self._blocked(xp, N, R, P, x.itemsize, Ft)
+        W_all = xp.concatenate(W2ds) if len(W2ds) > 1 else W2ds[0]    # every layer's weights, stacked
         if m:
-            W_all = xp.concatenate(W2ds) if len(W2ds) > 1 else W2ds[0]
             self._backward_blocks(layers, starts, Fs, W_all, dys, dxs, sum_dx, m)
             self._x = None
             return dxs
         keep = self._col_valid
         step = max(1, N) if keep else self._chunk(N, R, P, x.itemsize)
         dbs = [None] * len(layers)
+        transposed = self._transposed_dx(xp, Ft, C, len(dxs) == 1 and dxs[0] is not None)
         for n0 in range(0, N, step):
             m = min(N, n0 + step) - n0
             if keep:
@@ -489,13 +490,11 @@ class Conv2d(Module):
             for i, (c, f0, F) in enumerate(zip(layers, starts, Fs, strict=False)):
                 dbs[i] = part[f0:f0 + F] if dbs[i] is None else dbs[i] + part[f0:f0 + F]
                 c.grads["W"].reshape(F, R)[...] += dW_all[f0:f0 + F]
-            if self._transposed_dx(xp, Ft, C, len(dxs) == 1 and dxs[0] is not None):
-                W_all = xp.concatenate(W2ds) if len(W2ds) > 1 else W2ds[0]
+            if transposed:
                 self._dx_by_transposed_conv(dyt, W_all, m, dxs[0][n0:n0 + m])
                 continue
             if sum_dx:
                 # dx of the sum: one GEMM with the weights stacked, one col2im
-                W_all = xp.concatenate(W2ds)
                 _gemm(W_all.T, dyt, col2d)
                 col2im(col, (m, C, H, Wd), *self._conv_args(), out=dxs[0][n0:n0 + m], rows_first=True)
                 continue
