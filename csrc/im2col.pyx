@@ -14,7 +14,7 @@ every output pixel ``(oh, ow)``, the input value ``x[n, c, oh*SH - PH + kh*DH, o
 (zero outside the image). The NumPy twins are minissd.nn.im2col.im2col_ref / col2im_ref.
 """
 from cython cimport floating
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 # Element-wise loops in plain C, written so that gcc -O3 if-converts and vectorises them (a Cython
 # `if` inside a loop compiles to a branch, which random signs mispredict half the time).
@@ -101,6 +101,74 @@ cdef inline Py_ssize_t _clamp(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) noexce
     return v
 
 
+cdef void _im2col_range(const floating* x, floating* base, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
+                        Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
+                        Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW, bint rows_first,
+                        Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    """Jobs [start, end) of `im2col`: x (N, C, H, W) and the column matrix ``base`` as raw pointers."""
+    cdef Py_ssize_t OH = (H + 2 * PH - DH * (KH - 1) - 1) // SH + 1
+    cdef Py_ssize_t OW = (W + 2 * PW - DW * (KW - 1) - 1) // SW + 1
+    cdef Py_ssize_t R = C * KH * KW
+    cdef Py_ssize_t P = OH * OW
+    cdef Py_ssize_t job, n, row, c, kh, kw, oh, ow, ih, iw0, lo, hi
+    cdef floating* dst
+    cdef const floating* src
+    # one job = one (image, row) pair, numbered in memory order of col in either layout, so job j
+    # writes the P contiguous values at base + j*P: independent, sequential writes. The indices move
+    # by one per job (no divisions in the loop), and what depends on the row only is recomputed
+    # when the row changes: once per N jobs in the rows-first layout (small maps spend most of
+    # their time on this bookkeeping: 16 values a job on a 4x4 map).
+    cdef bint new_row = True
+    if start >= end:
+        return
+    if rows_first:
+        row = start // N
+        n = start - row * N
+    else:
+        n = start // R
+        row = start - n * R
+    for job in range(start, end):
+        if new_row:
+            c = row // (KH * KW)
+            kh = (row // KW) % KH
+            kw = row % KW
+            # output columns whose input column lies inside [0, W): the rest are zero padding
+            lo = _clamp(_ceil_div(PW - kw * DW, SW), 0, OW)
+            hi = _clamp(_ceil_div(W + PW - kw * DW, SW), lo, OW)
+            iw0 = kw * DW - PW
+            new_row = False
+        for oh in range(OH):
+            dst = base + job * P + oh * OW
+            ih = oh * SH - PH + kh * DH
+            if ih < 0 or ih >= H:
+                memset(dst, 0, OW * sizeof(floating))
+                continue
+            src = x + ((n * C + c) * H + ih) * W
+            if lo > 0:
+                memset(dst, 0, lo * sizeof(floating))
+            if SW == 1:
+                for ow in range(lo, hi):
+                    dst[ow] = src[ow + iw0]
+            else:
+                for ow in range(lo, hi):
+                    dst[ow] = src[ow * SW + iw0]
+            if hi < OW:
+                memset(dst + hi, 0, (OW - hi) * sizeof(floating))
+        # the next job
+        if rows_first:
+            n += 1
+            if n == N:
+                n = 0
+                row += 1
+                new_row = True
+        else:
+            row += 1
+            new_row = True
+            if row == R:
+                row = 0
+                n += 1
+
+
 def im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] col,
            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
            Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW, bint rows_first=False,
@@ -111,70 +179,52 @@ def im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] col,
     one GEMM ``W2d @ col.reshape(R, N*OH*OW)`` convolves the whole batch).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t end = stop if stop >= 0 else N * C * KH * KW
+    with nogil:
+        _im2col_range(&x[0, 0, 0, 0], &col[0, 0, 0], N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW,
+                      rows_first, start, end)
+
+
+cdef void _col2im_range(const floating* base, floating* dx, Py_ssize_t N, Py_ssize_t C, Py_ssize_t H,
+                        Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH, Py_ssize_t SW,
+                        Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW, bint rows_first,
+                        Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    """Planes [start, end) of `col2im`: the column matrix ``base`` and dx (N, C, H, W) as raw pointers."""
     cdef Py_ssize_t OH = (H + 2 * PH - DH * (KH - 1) - 1) // SH + 1
     cdef Py_ssize_t OW = (W + 2 * PW - DW * (KW - 1) - 1) // SW + 1
-    cdef Py_ssize_t R = C * KH * KW
-    cdef Py_ssize_t P = OH * OW
-    cdef Py_ssize_t job, n, row, c, kh, kw, oh, ow, ih, iw0, lo, hi
-    cdef floating* base = &col[0, 0, 0]
+    cdef Py_ssize_t P = OH * OW, R = C * KH * KW
+    cdef Py_ssize_t job, n, c, row, kh, kw, oh, ow, ih, iw0, lo, hi
+    cdef const floating* rowp
     cdef floating* dst
+    cdef floating* plane
     cdef const floating* src
-    # one job = one (image, row) pair, numbered in memory order of col in either layout, so job j
-    # writes the P contiguous values at base + j*P: independent, sequential writes. The indices move
-    # by one per job (no divisions in the loop), and what depends on the row only is recomputed
-    # when the row changes: once per N jobs in the rows-first layout (small maps spend most of
-    # their time on this bookkeeping: 16 values a job on a 4x4 map).
-    cdef Py_ssize_t end = stop if stop >= 0 else N * R
-    cdef bint new_row = True
-    if start >= end:
-        return
-    if rows_first:
-        row = start // N
-        n = start - row * N
-    else:
-        n = start // R
-        row = start - n * R
-    with nogil:
-        for job in range(start, end):
-            if new_row:
-                c = row // (KH * KW)
-                kh = (row // KW) % KH
-                kw = row % KW
-                # output columns whose input column lies inside [0, W): the rest are zero padding
+    for job in range(start, end):
+        n = job // C
+        c = job - n * C
+        plane = dx + job * H * W
+        memset(plane, 0, H * W * sizeof(floating))
+        for kh in range(KH):
+            for kw in range(KW):
+                row = (c * KH + kh) * KW + kw
+                if rows_first:
+                    rowp = base + (row * N + n) * P
+                else:
+                    rowp = base + (n * R + row) * P
                 lo = _clamp(_ceil_div(PW - kw * DW, SW), 0, OW)
                 hi = _clamp(_ceil_div(W + PW - kw * DW, SW), lo, OW)
                 iw0 = kw * DW - PW
-                new_row = False
-            for oh in range(OH):
-                dst = base + job * P + oh * OW
-                ih = oh * SH - PH + kh * DH
-                if ih < 0 or ih >= H:
-                    memset(dst, 0, OW * sizeof(floating))
-                    continue
-                src = &x[n, c, ih, 0]
-                if lo > 0:
-                    memset(dst, 0, lo * sizeof(floating))
-                if SW == 1:
-                    for ow in range(lo, hi):
-                        dst[ow] = src[ow + iw0]
-                else:
-                    for ow in range(lo, hi):
-                        dst[ow] = src[ow * SW + iw0]
-                if hi < OW:
-                    memset(dst + hi, 0, (OW - hi) * sizeof(floating))
-            # the next job
-            if rows_first:
-                n += 1
-                if n == N:
-                    n = 0
-                    row += 1
-                    new_row = True
-            else:
-                row += 1
-                new_row = True
-                if row == R:
-                    row = 0
-                    n += 1
+                for oh in range(OH):
+                    ih = oh * SH - PH + kh * DH
+                    if ih < 0 or ih >= H:
+                        continue
+                    dst = plane + ih * W
+                    src = rowp + oh * OW
+                    if SW == 1:
+                        for ow in range(lo, hi):
+                            dst[ow + iw0] += src[ow]
+                    else:
+                        for ow in range(lo, hi):
+                            dst[ow * SW + iw0] += src[ow]
 
 
 def col2im(const floating[:, :, ::1] col, floating[:, :, :, ::1] dx,
@@ -187,41 +237,10 @@ def col2im(const floating[:, :, ::1] col, floating[:, :, :, ::1] dx,
     ``col`` that read from it, in a fixed order: no races and a deterministic sum.
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
-    cdef Py_ssize_t OH = (H + 2 * PH - DH * (KH - 1) - 1) // SH + 1
-    cdef Py_ssize_t OW = (W + 2 * PW - DW * (KW - 1) - 1) // SW + 1
-    cdef Py_ssize_t P = OH * OW, R = C * KH * KW
-    cdef Py_ssize_t job, n, c, row, kh, kw, oh, ow, ih, iw0, lo, hi
-    cdef const floating* base = &col[0, 0, 0]
-    cdef const floating* rowp
-    cdef floating* dst
-    cdef const floating* src
+    cdef Py_ssize_t end = stop if stop >= 0 else N * C
     with nogil:
-        for job in range(start, stop if stop >= 0 else N * C):
-            n = job // C
-            c = job - n * C
-            memset(&dx[n, c, 0, 0], 0, H * W * sizeof(floating))
-            for kh in range(KH):
-                for kw in range(KW):
-                    row = (c * KH + kh) * KW + kw
-                    if rows_first:
-                        rowp = base + (row * N + n) * P
-                    else:
-                        rowp = base + (n * R + row) * P
-                    lo = _clamp(_ceil_div(PW - kw * DW, SW), 0, OW)
-                    hi = _clamp(_ceil_div(W + PW - kw * DW, SW), lo, OW)
-                    iw0 = kw * DW - PW
-                    for oh in range(OH):
-                        ih = oh * SH - PH + kh * DH
-                        if ih < 0 or ih >= H:
-                            continue
-                        dst = &dx[n, c, ih, 0]
-                        src = rowp + oh * OW
-                        if SW == 1:
-                            for ow in range(lo, hi):
-                                dst[ow + iw0] += src[ow]
-                        else:
-                            for ow in range(lo, hi):
-                                dst[ow * SW + iw0] += src[ow]
+        _col2im_range(&col[0, 0, 0], &dx[0, 0, 0, 0], N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW,
+                      rows_first, start, end)
 
 
 def maxpool_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y, int[:, :, :, ::1] argmax,
@@ -327,3 +346,466 @@ def add_chain(long long n):
     with nogil:
         r = minissd_add_chain(n)
     return r
+
+
+# --------------------------------------------------------------------------------------------------
+# The fork-join pool: the CPU layers' parallel regions without waking a sleeping thread.
+#
+# Why (minissd/nn/threads.py has the measurements): a region handed to a Python thread that sleeps
+# on a lock costs two wake-ups (the worker's, then the caller's), each 50-150 us on a virtual machine
+# whose idle CPU halts; a small layer's forward + backward runs 8 regions. Here the workers are plain
+# threads that never take the GIL: after a job each spins (pause instruction) on a sequence number for
+# `spin_s` seconds before it sleeps on a condition variable, and the caller spins on the workers'
+# "done" numbers the same way, so regions that follow each other closely, as in one layer, hand over
+# in a few microseconds. The jobs are C: a GEMM (OpenBLAS's cblas through a function pointer found
+# at run time), the im2col/col2im kernels above, and a strided row copy with an optional bias.
+# Job i of a region always runs range i of the caller's split, so results are those of the serial
+# loop over the same ranges, whichever thread runs them.
+# --------------------------------------------------------------------------------------------------
+cdef extern from *:
+    """
+    #include <pthread.h>
+    #include <string.h>
+    #include <time.h>
+    #define MINISSD_MAXJOBS 64
+    typedef void (*minissd_runner_t)(int);
+    /* word: region number << 16 | number of jobs << 8 | next unclaimed job. One atomic word, so that a
+       claim (compare-and-swap) can only succeed on the region and job table it read. */
+    typedef struct {
+        long long word;
+        int finished;                         /* jobs of the current region finished */
+        int nworkers, stop, sleeping, caller_sleeping;
+        double spin_s;
+        minissd_runner_t runner;
+        pthread_mutex_t mu;
+        pthread_cond_t work_cv, done_cv;
+    } minissd_pool_t;
+    static minissd_pool_t minissd_pool;
+    static int minissd_pool_busy = 0;        /* one caller at a time; a second runs its jobs serially */
+
+    static inline double minissd_now(void) {
+        struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    }
+    static inline void minissd_relax(void) {
+    #if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+    #elif defined(__aarch64__)
+        __asm__ __volatile__("yield");
+    #endif
+    }
+    static void minissd_pool_reset(minissd_runner_t runner, double spin_s) {
+        memset(&minissd_pool, 0, sizeof minissd_pool);
+        minissd_pool.runner = runner; minissd_pool.spin_s = spin_s;
+        pthread_mutex_init(&minissd_pool.mu, NULL);
+        pthread_cond_init(&minissd_pool.work_cv, NULL); pthread_cond_init(&minissd_pool.done_cv, NULL);
+        __atomic_store_n(&minissd_pool_busy, 0, __ATOMIC_SEQ_CST);
+    }
+    static inline long long minissd_region(long long w) { return w >> 16; }
+    /* Claim and run jobs of region g until none is left (or the caller moved on); returns how many. */
+    static int minissd_pool_drain(long long g) {
+        minissd_pool_t *P = &minissd_pool;
+        int ran = 0;
+        for (;;) {
+            long long w = __atomic_load_n(&P->word, __ATOMIC_ACQUIRE);
+            int next = (int)(w & 255), n = (int)((w >> 8) & 255);
+            if (minissd_region(w) != g || next >= n) return ran;
+            if (!__atomic_compare_exchange_n(&P->word, &w, w + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
+            P->runner(next);
+            __atomic_add_fetch(&P->finished, 1, __ATOMIC_SEQ_CST);
+            ran++;
+        }
+    }
+    /* A worker: wait for a new region, help with its jobs, repeat until stopped. */
+    static void minissd_pool_worker(int i, long long g) {   /* g: the region number when it was started */
+        minissd_pool_t *P = &minissd_pool;
+        (void)i;
+        for (;;) {
+            double end = minissd_now() + P->spin_s;
+            int k = 0;
+            while (minissd_region(__atomic_load_n(&P->word, __ATOMIC_ACQUIRE)) == g) {
+                if ((++k & 255) == 0 && minissd_now() > end) {
+                    pthread_mutex_lock(&P->mu);
+                    __atomic_add_fetch(&P->sleeping, 1, __ATOMIC_SEQ_CST);
+                    while (minissd_region(__atomic_load_n(&P->word, __ATOMIC_SEQ_CST)) == g)
+                        pthread_cond_wait(&P->work_cv, &P->mu);
+                    __atomic_sub_fetch(&P->sleeping, 1, __ATOMIC_SEQ_CST);
+                    pthread_mutex_unlock(&P->mu);
+                    break;
+                }
+                minissd_relax();
+            }
+            if (__atomic_load_n(&P->stop, __ATOMIC_ACQUIRE)) return;
+            g = minissd_region(__atomic_load_n(&P->word, __ATOMIC_ACQUIRE));
+            if (minissd_pool_drain(g) && __atomic_load_n(&P->caller_sleeping, __ATOMIC_SEQ_CST)) {
+                pthread_mutex_lock(&P->mu); pthread_cond_broadcast(&P->done_cv); pthread_mutex_unlock(&P->mu);
+            }
+        }
+    }
+    /* Run jobs 0..n-1 (1 <= n <= 255; the caller holds minissd_pool_acquire): the caller and the workers
+       claim them one at a time, so a worker that is slow to wake costs nothing but its share (the caller
+       runs the jobs it has not claimed). Returns when all have finished. */
+    static int minissd_pool_run(int n) {
+        minissd_pool_t *P = &minissd_pool;
+        long long g = minissd_region(P->word) + 1;
+        __atomic_store_n(&P->finished, 0, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&P->word, (g << 16) | ((long long)n << 8), __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&P->sleeping, __ATOMIC_SEQ_CST)) {
+            pthread_mutex_lock(&P->mu); pthread_cond_broadcast(&P->work_cv); pthread_mutex_unlock(&P->mu);
+        }
+        minissd_pool_drain(g);
+        double end = minissd_now() + P->spin_s;
+        int k = 0;
+        while (__atomic_load_n(&P->finished, __ATOMIC_ACQUIRE) != n) {
+            if ((++k & 255) == 0 && minissd_now() > end) {
+                pthread_mutex_lock(&P->mu);
+                __atomic_store_n(&P->caller_sleeping, 1, __ATOMIC_SEQ_CST);
+                while (__atomic_load_n(&P->finished, __ATOMIC_SEQ_CST) != n) pthread_cond_wait(&P->done_cv, &P->mu);
+                __atomic_store_n(&P->caller_sleeping, 0, __ATOMIC_SEQ_CST);
+                pthread_mutex_unlock(&P->mu);
+                break;
+            }
+            minissd_relax();
+        }
+        return 1;
+    }
+    static inline int minissd_pool_acquire(void) { return !__atomic_exchange_n(&minissd_pool_busy, 1, __ATOMIC_ACQ_REL); }
+    static inline void minissd_pool_release(void) { __atomic_store_n(&minissd_pool_busy, 0, __ATOMIC_RELEASE); }
+    static void minissd_pool_stop(void) {
+        minissd_pool_t *P = &minissd_pool;
+        pthread_mutex_lock(&P->mu);
+        __atomic_store_n(&P->stop, 1, __ATOMIC_SEQ_CST);
+        __atomic_add_fetch(&P->word, 1LL << 16, __ATOMIC_SEQ_CST);
+        pthread_cond_broadcast(&P->work_cv);
+        pthread_mutex_unlock(&P->mu);
+    }
+    typedef void (*minissd_sgemm_t)(int, int, int, long long, long long, long long, float, const float*,
+                                    long long, const float*, long long, float, float*, long long);
+    typedef void (*minissd_dgemm_t)(int, int, int, long long, long long, long long, double, const double*,
+                                    long long, const double*, long long, double, double*, long long);
+    typedef void (*minissd_sgemm32_t)(int, int, int, int, int, int, float, const float*, int, const float*,
+                                      int, float, float*, int);
+    typedef void (*minissd_dgemm32_t)(int, int, int, int, int, int, double, const double*, int, const double*,
+                                      int, double, double*, int);
+    """
+    ctypedef void (*minissd_runner_t)(int) noexcept nogil
+    ctypedef struct minissd_pool_t:
+        int nworkers
+        long long word
+    minissd_pool_t minissd_pool
+    void minissd_pool_reset(minissd_runner_t runner, double spin_s)
+    void minissd_pool_worker(int i, long long g) nogil
+    int minissd_pool_run(int n) nogil
+    int minissd_pool_acquire() nogil
+    void minissd_pool_release() nogil
+    void minissd_pool_stop()
+    ctypedef void (*minissd_sgemm_t)(int, int, int, long long, long long, long long, float, const float*,
+                                     long long, const float*, long long, float, float*, long long) noexcept nogil
+    ctypedef void (*minissd_dgemm_t)(int, int, int, long long, long long, long long, double, const double*,
+                                     long long, const double*, long long, double, double*, long long) noexcept nogil
+    ctypedef void (*minissd_sgemm32_t)(int, int, int, int, int, int, float, const float*, int, const float*,
+                                       int, float, float*, int) noexcept nogil
+    ctypedef void (*minissd_dgemm32_t)(int, int, int, int, int, int, double, const double*, int, const double*,
+                                       int, double, double*, int) noexcept nogil
+
+cdef enum:
+    MAXJOBS = 64            # at most 255: the pool's word keeps job counts in 8 bits
+    JOB_NONE = 0
+    JOB_GEMM = 1
+    JOB_IM2COL = 2
+    JOB_COL2IM = 3
+    JOB_ROWS = 4
+
+ctypedef struct Job:
+    int kind
+    bint f64
+    const void* a
+    const void* b
+    void* c
+    const void* bias
+    long long M, N, K, lda, ldb, ldc
+    int ta, tb
+    double beta
+    Py_ssize_t start, stop
+    Py_ssize_t g[13]
+
+cdef Job _jobs[MAXJOBS]
+cdef minissd_sgemm_t _sgemm = NULL
+cdef minissd_dgemm_t _dgemm = NULL
+cdef minissd_sgemm32_t _sgemm32 = NULL
+cdef minissd_dgemm32_t _dgemm32 = NULL
+
+
+cdef void _rows(Job* j) noexcept nogil:
+    """dst[i, f, :] = src[i, f, :] (+ bias[f]) for i in [start, stop), f < g[0], P = g[1] values a row;
+    strides in elements: src g[2] (i), g[3] (f); dst g[4] (i), g[5] (f)."""
+    cdef Py_ssize_t i, f, p, F = j.g[0], P = j.g[1]
+    cdef const float* sf
+    cdef float* df
+    cdef const double* sd
+    cdef double* dd
+    cdef float bf
+    cdef double bd
+    for i in range(j.start, j.stop):
+        for f in range(F):
+            if j.f64:
+                sd = <const double*>j.a + i * j.g[2] + f * j.g[3]
+                dd = <double*>j.c + i * j.g[4] + f * j.g[5]
+                if j.bias == NULL:
+                    memcpy(dd, sd, P * sizeof(double))
+                else:
+                    bd = (<const double*>j.bias)[f]
+                    for p in range(P):
+                        dd[p] = sd[p] + bd
+            else:
+                sf = <const float*>j.a + i * j.g[2] + f * j.g[3]
+                df = <float*>j.c + i * j.g[4] + f * j.g[5]
+                if j.bias == NULL:
+                    memcpy(df, sf, P * sizeof(float))
+                else:
+                    bf = (<const float*>j.bias)[f]
+                    for p in range(P):
+                        df[p] = sf[p] + bf
+
+
+cdef void _run_job(int i) noexcept nogil:
+    _do_job(&_jobs[i])
+
+
+cdef void _do_job(Job* j) noexcept nogil:
+    cdef int ta, tb
+    if j.kind == JOB_GEMM:
+        if j.M <= 0 or j.N <= 0:
+            return
+        ta = 112 if j.ta else 111                    # CblasTrans / CblasNoTrans; row major (101)
+        tb = 112 if j.tb else 111
+        if j.f64:
+            if _dgemm != NULL:
+                _dgemm(101, ta, tb, j.M, j.N, j.K, 1.0, <const double*>j.a, j.lda, <const double*>j.b,
+                       j.ldb, j.beta, <double*>j.c, j.ldc)
+            else:
+                _dgemm32(101, ta, tb, <int>j.M, <int>j.N, <int>j.K, 1.0, <const double*>j.a, <int>j.lda,
+                         <const double*>j.b, <int>j.ldb, j.beta, <double*>j.c, <int>j.ldc)
+        else:
+            if _sgemm != NULL:
+                _sgemm(101, ta, tb, j.M, j.N, j.K, 1.0, <const float*>j.a, j.lda, <const float*>j.b,
+                       j.ldb, <float>j.beta, <float*>j.c, j.ldc)
+            else:
+                _sgemm32(101, ta, tb, <int>j.M, <int>j.N, <int>j.K, 1.0, <const float*>j.a, <int>j.lda,
+                         <const float*>j.b, <int>j.ldb, <float>j.beta, <float*>j.c, <int>j.ldc)
+    elif j.kind == JOB_IM2COL or j.kind == JOB_COL2IM:
+        if j.kind == JOB_IM2COL and j.f64:
+            _im2col_range[double](<const double*>j.a, <double*>j.c, j.g[0], j.g[1], j.g[2], j.g[3], j.g[4],
+                                  j.g[5], j.g[6], j.g[7], j.g[8], j.g[9], j.g[10], j.g[11], j.g[12] != 0,
+                                  j.start, j.stop)
+        elif j.kind == JOB_IM2COL:
+            _im2col_range[float](<const float*>j.a, <float*>j.c, j.g[0], j.g[1], j.g[2], j.g[3], j.g[4],
+                                 j.g[5], j.g[6], j.g[7], j.g[8], j.g[9], j.g[10], j.g[11], j.g[12] != 0,
+                                 j.start, j.stop)
+        elif j.f64:
+            _col2im_range[double](<const double*>j.a, <double*>j.c, j.g[0], j.g[1], j.g[2], j.g[3], j.g[4],
+                                  j.g[5], j.g[6], j.g[7], j.g[8], j.g[9], j.g[10], j.g[11], j.g[12] != 0,
+                                  j.start, j.stop)
+        else:
+            _col2im_range[float](<const float*>j.a, <float*>j.c, j.g[0], j.g[1], j.g[2], j.g[3], j.g[4],
+                                 j.g[5], j.g[6], j.g[7], j.g[8], j.g[9], j.g[10], j.g[11], j.g[12] != 0,
+                                 j.start, j.stop)
+    elif j.kind == JOB_ROWS:
+        _rows(j)
+
+
+cdef int _nworkers_started = 0
+
+
+def pool_setup(size_t sgemm, size_t dgemm, bint ilp64, double spin_s):
+    """Reset the pool (no workers) with the BLAS entry points at these addresses (cblas_sgemm and
+    cblas_dgemm; 64-bit integers when ``ilp64``) and the spin time; call before starting workers."""
+    global _sgemm, _dgemm, _sgemm32, _dgemm32
+    if ilp64:
+        _sgemm, _dgemm, _sgemm32, _dgemm32 = <minissd_sgemm_t>sgemm, <minissd_dgemm_t>dgemm, NULL, NULL
+    else:
+        _sgemm, _dgemm = NULL, NULL
+        _sgemm32, _dgemm32 = <minissd_sgemm32_t>sgemm, <minissd_dgemm32_t>dgemm
+    minissd_pool_reset(_run_job, spin_s)
+
+
+def pool_set_workers(int n):
+    """Number of workers running `pool_worker` (the caller starts and stops their threads)."""
+    if not 0 <= n < MAXJOBS:
+        raise ValueError(f"pool workers: 0..{MAXJOBS - 1}, got {n}")
+    minissd_pool.nworkers = n
+
+
+def pool_seq():
+    """The number of the last region started (pass it to `pool_worker`)."""
+    return minissd_pool.word >> 16
+
+
+def pool_worker(int i, long long seq):
+    """Body of worker thread i (1-based), started when the last region was number ``seq``: runs job i
+    of every later region, without the GIL, until `pool_stop`."""
+    with nogil:
+        minissd_pool_worker(i, seq)
+
+
+def pool_stop():
+    """Ask every worker to return (the caller joins their threads)."""
+    minissd_pool_stop()
+
+
+cdef void _run_serially(Job* jobs, int n) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        _do_job(&jobs[i])
+
+
+cdef void _run_region(Job* jobs, int n) noexcept nogil:
+    """Run the ``n`` jobs: on the pool when it has the workers and no other thread is using it (the
+    jobs are copied into the pool's table), else one after the other here. Same results either way."""
+    if n <= 1 or not minissd_pool_acquire():
+        _run_serially(jobs, n)
+        return
+    memcpy(_jobs, jobs, n * sizeof(Job))
+    if minissd_pool.nworkers == 0:
+        _run_serially(jobs, n)
+    else:
+        minissd_pool_run(n)
+    minissd_pool_release()
+
+
+cdef int _fill(list bounds) except -1:
+    n = len(bounds) - 1
+    if not 1 <= n <= MAXJOBS:
+        raise ValueError(f"a region takes 1..{MAXJOBS} ranges, got {n}")
+    return n
+
+
+cdef int _as_blas(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t isz,
+                  const char* name, long long* ld) except -1:
+    """1 when a (rows, cols) matrix with byte strides (s0, s1) is the transpose of a row-major one, 0 when
+    it is row-major; its leading dimension goes to ``ld``. ValueError for other layouts."""
+    if s1 == isz and s0 % isz == 0 and s0 >= max(cols, 1) * isz:
+        ld[0] = s0 // isz
+        return 0
+    if s0 == isz and s1 % isz == 0 and s1 >= max(rows, 1) * isz:
+        ld[0] = s1 // isz
+        return 1
+    raise ValueError(f"pool_gemm: {name.decode()} must be row-major or a row-major matrix transposed, "
+                     f"got strides {(s0, s1)} for shape {(rows, cols)}")
+
+
+def pool_gemm(const floating[:, :] A, const floating[:, :] B, floating[:, :] C, list bounds):
+    """C[:, a:b] = A @ B[:, a:b] for each range (a, b) of ``bounds`` (columns of C), one job per range.
+    A and B may be row-major or transposed row-major (a ``.T`` view); C is row-major."""
+    cdef Job jobs[MAXJOBS]
+    cdef int n = _fill(bounds), t, ta, tb
+    cdef Py_ssize_t a, b, isz = sizeof(floating)
+    cdef long long lda = 0, ldb = 0, ldc = 0
+    if A.shape[1] != B.shape[0] or C.shape[0] != A.shape[0] or C.shape[1] != B.shape[1]:
+        raise ValueError(f"pool_gemm: shapes ({A.shape[0]}, {A.shape[1]}) @ ({B.shape[0]}, {B.shape[1]}) -> "
+                         f"({C.shape[0]}, {C.shape[1]})")
+    ta = _as_blas(A.shape[0], A.shape[1], A.strides[0], A.strides[1], isz, b"A", &lda)
+    tb = _as_blas(B.shape[0], B.shape[1], B.strides[0], B.strides[1], isz, b"B", &ldb)
+    if _as_blas(C.shape[0], C.shape[1], C.strides[0], C.strides[1], isz, b"C", &ldc):
+        raise ValueError("pool_gemm: C must be row-major")
+    if bounds[0] != 0 or bounds[n] != C.shape[1]:
+        raise ValueError("pool_gemm: bounds must run from 0 to the number of columns")
+    for t in range(n):
+        a, b = bounds[t], bounds[t + 1]
+        jobs[t].kind = JOB_GEMM
+        jobs[t].f64 = floating is double
+        jobs[t].a = &A[0, 0]
+        jobs[t].lda = lda
+        jobs[t].ta = ta
+        jobs[t].b = &B[0, a] if b > a else &B[0, 0]
+        jobs[t].ldb = ldb
+        jobs[t].tb = tb
+        jobs[t].c = &C[0, a] if b > a else &C[0, 0]
+        jobs[t].ldc = ldc
+        jobs[t].M, jobs[t].N, jobs[t].K = A.shape[0], b - a, A.shape[1]
+        jobs[t].beta = 0.0
+    with nogil:
+        _run_region(jobs, n)
+
+
+def pool_gemm_parts(const floating[:, :] A, const floating[:, :] B, floating[:, :, :] parts, list bounds):
+    """parts[t] = A[:, a:b] @ B[:, a:b].T for each range (a, b) of ``bounds`` (the shared dimension)."""
+    cdef Job jobs[MAXJOBS]
+    cdef int n = _fill(bounds), t
+    cdef Py_ssize_t a, b, isz = sizeof(floating)
+    for t in range(n):
+        a, b = bounds[t], bounds[t + 1]
+        jobs[t].kind = JOB_GEMM
+        jobs[t].f64 = floating is double
+        jobs[t].a = &A[0, a]
+        jobs[t].lda = A.strides[0] // isz
+        jobs[t].b = &B[0, a]
+        jobs[t].ldb = B.strides[0] // isz
+        jobs[t].c = &parts[t, 0, 0]
+        jobs[t].ldc = parts.strides[1] // isz
+        jobs[t].M, jobs[t].N, jobs[t].K = A.shape[0], B.shape[0], b - a
+        jobs[t].ta = False
+        jobs[t].tb = True
+        jobs[t].beta = 0.0
+    with nogil:
+        _run_region(jobs, n)
+
+
+def pool_im2col(const floating[:, :, :, ::1] x, floating[:, :, ::1] col, Py_ssize_t KH, Py_ssize_t KW,
+                Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW,
+                bint rows_first, list bounds):
+    """`im2col`, job ranges from ``bounds``."""
+    _geometry_jobs(JOB_IM2COL, floating is double, &x[0, 0, 0, 0], &col[0, 0, 0], x.shape[0], x.shape[1],
+                   x.shape[2], x.shape[3], KH, KW, SH, SW, PH, PW, DH, DW, rows_first, bounds)
+
+
+def pool_col2im(const floating[:, :, ::1] col, floating[:, :, :, ::1] dx, Py_ssize_t KH, Py_ssize_t KW,
+                Py_ssize_t SH, Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW,
+                bint rows_first, list bounds):
+    """`col2im`, plane ranges from ``bounds``."""
+    _geometry_jobs(JOB_COL2IM, floating is double, &col[0, 0, 0], &dx[0, 0, 0, 0], dx.shape[0], dx.shape[1],
+                   dx.shape[2], dx.shape[3], KH, KW, SH, SW, PH, PW, DH, DW, rows_first, bounds)
+
+
+cdef int _geometry_jobs(int kind, bint f64, const void* src, void* dst, Py_ssize_t N, Py_ssize_t C,
+                        Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t SH,
+                        Py_ssize_t SW, Py_ssize_t PH, Py_ssize_t PW, Py_ssize_t DH, Py_ssize_t DW,
+                        bint rows_first, list bounds) except -1:
+    cdef Job jobs[MAXJOBS]
+    cdef int n = _fill(bounds), t
+    cdef Py_ssize_t geo[13]
+    geo[:] = [N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW, rows_first]
+    for t in range(n):
+        jobs[t].kind = kind
+        jobs[t].f64 = f64
+        jobs[t].a = src
+        jobs[t].c = dst
+        jobs[t].start, jobs[t].stop = bounds[t], bounds[t + 1]
+        memcpy(jobs[t].g, geo, sizeof(geo))
+    with nogil:
+        _run_region(jobs, n)
+    return 0
+
+
+def pool_rows(src, dst, bias, Py_ssize_t F, Py_ssize_t P, list bounds):
+    """dst[i, f, :P] = src[i, f, :P] (+ bias[f]) for i in the ranges of ``bounds``, f < F: ``src`` and
+    ``dst`` are 3-D NumPy arrays (any strides, unit stride along the last axis), ``bias`` None or a
+    contiguous (F,) array of their dtype."""
+    cdef Job jobs[MAXJOBS]
+    cdef int n = _fill(bounds), t
+    cdef size_t isz = src.itemsize
+    cdef size_t sp = src.__array_interface__["data"][0]
+    cdef size_t dp = dst.__array_interface__["data"][0]
+    cdef size_t bp = 0 if bias is None else bias.__array_interface__["data"][0]
+    ss, ds = src.strides, dst.strides
+    for t in range(n):
+        jobs[t].kind = JOB_ROWS
+        jobs[t].f64 = isz == 8
+        jobs[t].a = <const void*>sp
+        jobs[t].c = <void*>dp
+        jobs[t].bias = <const void*>bp
+        jobs[t].start, jobs[t].stop = bounds[t], bounds[t + 1]
+        jobs[t].g[0], jobs[t].g[1] = F, P
+        jobs[t].g[2], jobs[t].g[3] = ss[0] // isz, ss[1] // isz
+        jobs[t].g[4], jobs[t].g[5] = ds[0] // isz, ds[1] // isz
+    with nogil:
+        _run_region(jobs, n)

@@ -47,7 +47,7 @@ from .checks import check_input, pair, positive_int
 from .im2col import col2im, conv_geometry, im2col
 from .init import init_weight
 from .module import Module
-from .threads import cpu_kernels, parallel_for, parallel_sum
+from .threads import cpu_kernels, fork_join, parallel_for, parallel_sum, split
 
 # Column buffers above this many bytes are not kept from forward to backward: backward unrolls the
 # input again, one chunk of images at a time. Below it, keeping the buffer saves an im2col per step.
@@ -131,6 +131,10 @@ def _gemm(A, B, out):
     if get_array_module(B) is not np:
         return get_array_module(B).matmul(A, B, out=out)
     grain = max(1, _GEMM_GRAIN // max(1, A.shape[0] * A.shape[1]))
+    fj = fork_join()
+    if fj is not None:
+        fj.pool_gemm(A, B, out, split(B.shape[1], grain))
+        return out
     parallel_for(B.shape[1], lambda a, b: np.matmul(A, B[:, a:b], out=out[:, a:b]), grain=grain)
     return out
 
@@ -140,6 +144,15 @@ def _gemm_nt(A, B):
     if get_array_module(B) is not np:
         return A @ B.T
     grain = max(1, _GEMM_GRAIN // max(1, A.shape[0] * B.shape[0]))
+    fj = fork_join()
+    if fj is not None:
+        bounds = split(A.shape[1], grain)
+        parts = np.empty((len(bounds) - 1, A.shape[0], B.shape[0]), dtype=np.result_type(A, B))
+        fj.pool_gemm_parts(A, B, parts, bounds)
+        acc = parts[0]
+        for p in parts[1:]:                  # in range order, as parallel_sum adds
+            acc = acc + p
+        return acc
     return parallel_sum(A.shape[1], lambda a, b: A[:, a:b] @ B[:, a:b].T, grain=grain)
 
 
@@ -159,19 +172,31 @@ def _transpose_images(dst, yt, b=None):
     if xp is not np:
         job(0, dst.shape[0])
         return
-    parallel_for(dst.shape[0], job, grain=max(1, (1 << 16) // max(1, dst.shape[1] * dst.shape[2])))
+    grain = max(1, (1 << 16) // max(1, dst.shape[1] * dst.shape[2]))
+    fj = fork_join()
+    if fj is not None:
+        fj.pool_rows(yt.transpose(1, 0, 2), dst, None if b is None else np.ascontiguousarray(b.reshape(-1)),
+                     dst.shape[1], dst.shape[2], split(dst.shape[0], grain))
+        return
+    parallel_for(dst.shape[0], job, grain=grain)
 
 
-def _copy_images(dst, src_fn, count, per_image):
-    """dst[a:b] = src_fn(a, b) for image ranges, split across threads on the CPU."""
+def _copy_images(dst, src, count, per_image):
+    """dst[:count] = src[:count] (both (count, F, P), any strides along the first two axes), image ranges
+    split across threads on the CPU."""
     if get_array_module(dst) is not np:
-        dst[...] = src_fn(0, count)
+        dst[...] = src
+        return
+    grain = max(1, (1 << 16) // max(1, per_image))
+    fj = fork_join()
+    if fj is not None and dst.strides[2] == dst.itemsize and src.strides[2] == src.itemsize:
+        fj.pool_rows(src, dst, None, dst.shape[1], dst.shape[2], split(count, grain))
         return
 
     def job(a, b):
-        dst[a:b] = src_fn(a, b)
+        dst[a:b] = src[a:b]
 
-    parallel_for(count, job, grain=max(1, (1 << 16) // max(1, per_image)))
+    parallel_for(count, job, grain=grain)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -483,7 +508,7 @@ class Conv2d(Module):
             dyt = self.workspace.get(xp, "y", (Ft, m, P), x.dtype)
             for f0, F, dy in zip(starts, Fs, dys, strict=False):
                 dyt_images = dyt[f0:f0 + F].transpose(1, 0, 2)   # (m, F, P) view of (F, m, P)
-                _copy_images(dyt_images, lambda a, c, n0=n0, dy=dy: dy[n0 + a:n0 + c], m, F * P)
+                _copy_images(dyt_images, dy[n0:n0 + m], m, F * P)
             dyt = dyt.reshape(Ft, m * P)
             part = dyt.sum(axis=1)
             dW_all = _gemm_nt(dyt, col2d)                        # (Ft, m*P) @ (m*P, R)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .checks import check_float, pair
-from .threads import cpu_kernels, parallel_for
+from .threads import cpu_kernels, fork_join, parallel_for, split
 
 
 def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
@@ -116,8 +116,13 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None, rows_first
     if xp is np:
         k, rf = cpu_kernels(), bool(rows_first)
         # jobs: one per (image, row) of the column matrix, each OH*OW values
-        parallel_for(N * C * KH * KW, lambda a, b: k.im2col(x, out, KH, KW, SH, SW, PH, PW, DH, DW, rf, a, b),
-                     grain=max(1, (1 << 15) // (OH * OW)))
+        total, grain = N * C * KH * KW, max(1, (1 << 15) // (OH * OW))
+        fj = fork_join()
+        if fj is not None:
+            fj.pool_im2col(x, out, KH, KW, SH, SW, PH, PW, DH, DW, rf, split(total, grain))
+        else:
+            parallel_for(total, lambda a, b: k.im2col(x, out, KH, KW, SH, SW, PH, PW, DH, DW, rf, a, b),
+                         grain=grain)
     else:
         from .cuda_kernels import im2col_gpu
 
@@ -150,8 +155,13 @@ def col2im(col, x_shape, kernel_size, stride=1, padding=0, dilation=1, out=None,
     if xp is np:
         k, rf = cpu_kernels(), bool(rows_first)
         # jobs: one per (image, channel) plane of dx
-        parallel_for(N * C, lambda a, b: k.col2im(col, out, KH, KW, SH, SW, PH, PW, DH, DW, rf, a, b),
-                     grain=max(1, (1 << 15) // (KH * KW * OH * OW)))
+        grain = max(1, (1 << 15) // (KH * KW * OH * OW))
+        fj = fork_join()
+        if fj is not None:
+            fj.pool_col2im(col, out, KH, KW, SH, SW, PH, PW, DH, DW, rf, split(N * C, grain))
+        else:
+            parallel_for(N * C, lambda a, b: k.col2im(col, out, KH, KW, SH, SW, PH, PW, DH, DW, rf, a, b),
+                         grain=grain)
     else:
         from .cuda_kernels import col2im_gpu
 

@@ -1,16 +1,29 @@
-"""How the CPU layers run: the Cython kernels of csrc/im2col.pyx on a small pool of Python threads.
+"""How the CPU layers run: the Cython kernels of csrc/im2col.pyx and numpy's OpenBLAS on a few threads.
 
 The layers split their work (GEMM columns, im2col rows, pooled planes, ReLU elements) into one
-contiguous range per thread and run the ranges here; the GEMMs and the Cython kernels release the GIL,
-and OpenBLAS is asked for one thread per call. Why not OpenBLAS's own threads: its workers busy-wait at
-the end of every call, and on a machine whose cores are shared with other processes a descheduled
-worker stalls the whole call (measured on the 2-core development machine under load: a 16->32 channel
-3x3 conv at batch 16, forward + backward, took 0.4-4 s with OpenBLAS's 2 threads and 0.12 s
-single-threaded). Pool threads wait on a lock instead, so a busy machine costs at most the share of the
-CPU it takes away.
+contiguous range per thread (`split`) and run the ranges in one of two ways:
 
-Every output element is written by exactly one range, and `parallel_sum` adds its parts in range order,
-so the results do not depend on the number of threads.
+* The fork-join pool (`fork_join`; the convolution's GEMMs, im2col/col2im and copies). Its workers are
+  C threads that never take the GIL; a region's jobs are claimed one at a time by the caller and the
+  workers, and after a region each worker spins for `SPIN_SECONDS` before it sleeps. Why: a region
+  handed to a thread that sleeps on a lock costs a wake-up (and the caller's wait another), 50-150 us
+  each on the 2-vCPU virtual machines this was measured on, whose idle CPUs halt; a layer runs up to 8
+  regions, and the small model's 4x4 and 8x8 heads took longer on 2 threads than on 1 that way (1.6-1.9x
+  PyTorch's time, which spins the same way with OpenMP; 1.1-1.25x with the pool, benchmarks/RESULTS.md).
+  A worker that is slow to wake costs nothing but its share: the caller claims the jobs it has not.
+* `parallel_for` / `parallel_sum` on a pool of Python threads (max-pool, ReLU, the blocked convolution
+  of large maps, whose jobs run Python between kernels), and everywhere when numpy's BLAS is not the
+  OpenBLAS whose entry points the fork-join pool calls.
+
+Why not OpenBLAS's own threads: its workers busy-wait at the end of every call for much longer, and on
+a machine whose cores are shared with other processes a descheduled worker stalls the whole call
+(measured on the 2-core development machine under load: a 16->32 channel 3x3 conv at batch 16,
+forward + backward, took 0.4-4 s with OpenBLAS's 2 threads and 0.12 s single-threaded). OpenBLAS is
+asked for one thread per call; the pools' spinning is bounded, and then they wait on a lock.
+
+Every output element is written by exactly one range, and `parallel_sum` (like `_gemm_nt` in conv.py)
+adds its parts in range order, so for a given number of threads the results do not depend on which
+thread ran which range.
 """
 from __future__ import annotations
 
@@ -32,12 +45,24 @@ def cpu_kernels():
 
 
 _THREADS = {"n": None, "pool": None, "blas_pinned": None}
+# The fork-join pool of csrc/im2col.pyx (see `fork_join`): its worker threads, and the BLAS entry points
+# it calls (None: not looked up yet; False: not found, the layers use the Python pool).
+_FORK_JOIN = {"threads": [], "blas": None}
+# How long a fork-join worker spins for the next region (and the caller for the workers) before it
+# sleeps. A layer's regions follow each other within tens of microseconds; a millisecond covers the
+# gaps between the layers of a training step too, and costs at most that much CPU after the last.
+SPIN_SECONDS = 1e-3
 
 
 def _forget_pool_in_child() -> None:
-    """After fork: the child inherits the executor object but none of its threads, so work handed to it
-    would wait forever; the child starts its own pool on first use."""
+    """After fork: the child inherits the executor object and the fork-join pool's state but none of their
+    threads, so work handed to them would wait forever; the child starts its own pools on first use."""
     _THREADS["pool"] = None
+    if _FORK_JOIN["threads"]:
+        _FORK_JOIN["threads"] = []
+        blas = _FORK_JOIN["blas"]
+        if blas:
+            cpu_kernels().pool_setup(blas[0], blas[1], blas[2], SPIN_SECONDS)
 
 
 if hasattr(os, "register_at_fork"):
@@ -57,8 +82,8 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _pin_blas_to_one_thread() -> bool:
-    """Ask numpy's OpenBLAS for single-threaded calls; False when that BLAS cannot be found."""
+def _openblas_libraries():
+    """ctypes handles of the OpenBLAS libraries bundled with numpy (none for another BLAS)."""
     import ctypes
     import glob
 
@@ -66,11 +91,34 @@ def _pin_blas_to_one_thread() -> bool:
     candidates = []
     for pattern in ("../numpy.libs/*openblas*", ".dylibs/*openblas*", "../numpy/.libs/*openblas*"):
         candidates += sorted(glob.glob(os.path.join(here, pattern)))
+    libs = []
     for path in candidates:
         try:
-            lib = ctypes.CDLL(path)
+            libs.append(ctypes.CDLL(path))
         except OSError:
             continue
+    return libs
+
+
+def _blas_gemm_entry_points():
+    """(address of cblas_sgemm, of cblas_dgemm, 64-bit integers?) in numpy's OpenBLAS, or False."""
+    import ctypes
+
+    names = (("scipy_cblas_sgemm64_", "scipy_cblas_dgemm64_", True), ("cblas_sgemm64_", "cblas_dgemm64_", True),
+             ("scipy_cblas_sgemm", "scipy_cblas_dgemm", False), ("cblas_sgemm", "cblas_dgemm", False))
+    for lib in _openblas_libraries():
+        for s_name, d_name, ilp64 in names:
+            s_fn, d_fn = getattr(lib, s_name, None), getattr(lib, d_name, None)
+            if s_fn is not None and d_fn is not None:
+                return (ctypes.cast(s_fn, ctypes.c_void_p).value, ctypes.cast(d_fn, ctypes.c_void_p).value, ilp64)
+    return False
+
+
+def _pin_blas_to_one_thread() -> bool:
+    """Ask numpy's OpenBLAS for single-threaded calls; False when that BLAS cannot be found."""
+    import ctypes
+
+    for lib in _openblas_libraries():
         for sym in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
             fn = getattr(lib, sym, None)
@@ -99,7 +147,55 @@ def set_num_threads(n: int = 0) -> None:
     old, _THREADS["pool"] = _THREADS["pool"], None
     if old is not None:
         old.shutdown(wait=True)
+    _stop_fork_join()
     _THREADS["n"] = n
+
+
+def _stop_fork_join() -> None:
+    workers, _FORK_JOIN["threads"] = _FORK_JOIN["threads"], []
+    if workers:
+        k = cpu_kernels()
+        k.pool_stop()
+        for t in workers:
+            if t is not None:
+                t.join()
+        blas = _FORK_JOIN["blas"]
+        if blas:                                  # clears the stop flag and the worker count
+            k.pool_setup(blas[0], blas[1], blas[2], SPIN_SECONDS)
+
+
+def fork_join():
+    """The compiled kernels with their fork-join pool running ``get_num_threads() - 1`` workers, or None
+    when the layers should use `parallel_for` instead (one thread, or numpy's BLAS not found).
+
+    The ``pool_*`` functions of minissd._im2col run one job per range of a split (`split`): job 0 in the
+    calling thread, job i on worker i, none of them holding the GIL. Workers spin for `SPIN_SECONDS`
+    after a job before they sleep, which is what makes a region cheap to start; csrc/im2col.pyx has the
+    details. A second thread calling while one region runs gets its jobs run serially."""
+    n = get_num_threads()
+    if n <= 1:
+        return None
+    k = cpu_kernels()
+    if len(_FORK_JOIN["threads"]) == n - 1:
+        return k
+    if _FORK_JOIN["blas"] is None:
+        _FORK_JOIN["blas"] = _blas_gemm_entry_points()
+        if _FORK_JOIN["blas"]:
+            blas = _FORK_JOIN["blas"]
+            k.pool_setup(blas[0], blas[1], blas[2], SPIN_SECONDS)
+    if not _FORK_JOIN["blas"]:
+        return None
+    import threading
+
+    _stop_fork_join()
+    k.pool_set_workers(n - 1)
+    seq = k.pool_seq()
+    workers = [threading.Thread(target=k.pool_worker, args=(i, seq), daemon=True, name=f"minissd-fj{i}")
+               for i in range(1, n)]
+    for t in workers:
+        t.start()
+    _FORK_JOIN["threads"] = workers
+    return k
 
 
 def get_num_threads() -> int:
@@ -109,9 +205,14 @@ def get_num_threads() -> int:
     return _THREADS["n"]
 
 
-def _split(total: int, grain: int) -> list:
+def split(total: int, grain: int = 1) -> list:
+    """Bounds of the ranges `parallel_for` runs ``range(total)`` in: one per thread, each at least
+    ``grain`` long (a single range for small work)."""
     n = min(get_num_threads(), max(1, total // max(1, grain)))
     return [total * i // n for i in range(n + 1)]
+
+
+_split = split
 
 
 def _run(fn, bounds):
