@@ -693,9 +693,12 @@ cdef int _as_blas(Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t s0, Py_ssize_t s1
                      f"got strides {(s0, s1)} for shape {(rows, cols)}")
 
 
-def pool_gemm(const floating[:, :] A, const floating[:, :] B, floating[:, :] C, list bounds):
-    """C[:, a:b] = A @ B[:, a:b] for each range (a, b) of ``bounds`` (columns of C), one job per range.
-    A and B may be row-major or transposed row-major (a ``.T`` view); C is row-major."""
+def pool_gemm(const floating[:, :] A, const floating[:, :] B, floating[:, :] C, list bounds,
+              bint split_rows=False):
+    """C = A @ B, one job per range (a, b) of ``bounds``: C[:, a:b] = A @ B[:, a:b] (columns), or with
+    ``split_rows`` C[a:b] = A[a:b] @ B (rows: each thread then reads its share of A instead of all of
+    it, which is what a wide A and a narrow B want). A and B may be row-major or transposed row-major
+    (a ``.T`` view); C is row-major."""
     cdef Job jobs[MAXJOBS]
     cdef int n = _fill(bounds), t, ta, tb
     cdef Py_ssize_t a, b, isz = sizeof(floating)
@@ -707,22 +710,25 @@ def pool_gemm(const floating[:, :] A, const floating[:, :] B, floating[:, :] C, 
     tb = _as_blas(B.shape[0], B.shape[1], B.strides[0], B.strides[1], isz, b"B", &ldb)
     if _as_blas(C.shape[0], C.shape[1], C.strides[0], C.strides[1], isz, b"C", &ldc):
         raise ValueError("pool_gemm: C must be row-major")
-    if bounds[0] != 0 or bounds[n] != C.shape[1]:
-        raise ValueError("pool_gemm: bounds must run from 0 to the number of columns")
+    if bounds[0] != 0 or bounds[n] != C.shape[0 if split_rows else 1]:
+        raise ValueError(f"pool_gemm: bounds must run from 0 to the number of {'rows' if split_rows else 'columns'}")
     for t in range(n):
         a, b = bounds[t], bounds[t + 1]
         jobs[t].kind = JOB_GEMM
         jobs[t].f64 = floating is double
-        jobs[t].a = &A[0, 0]
-        jobs[t].lda = lda
-        jobs[t].ta = ta
-        jobs[t].b = &B[0, a] if b > a else &B[0, 0]
-        jobs[t].ldb = ldb
-        jobs[t].tb = tb
-        jobs[t].c = &C[0, a] if b > a else &C[0, 0]
-        jobs[t].ldc = ldc
-        jobs[t].M, jobs[t].N, jobs[t].K = A.shape[0], b - a, A.shape[1]
+        jobs[t].lda, jobs[t].ldb, jobs[t].ldc = lda, ldb, ldc
+        jobs[t].ta, jobs[t].tb = ta, tb
+        jobs[t].K = A.shape[1]
         jobs[t].beta = 0.0
+        if b <= a:                                   # an empty range: nothing to compute or point at
+            jobs[t].a, jobs[t].b, jobs[t].c = &A[0, 0], &B[0, 0], &C[0, 0]
+            jobs[t].M, jobs[t].N = 0, 0
+        elif split_rows:
+            jobs[t].a, jobs[t].b, jobs[t].c = &A[a, 0], &B[0, 0], &C[a, 0]
+            jobs[t].M, jobs[t].N = b - a, B.shape[1]
+        else:
+            jobs[t].a, jobs[t].b, jobs[t].c = &A[0, 0], &B[0, a], &C[0, a]
+            jobs[t].M, jobs[t].N = A.shape[0], b - a
     with nogil:
         _run_region(jobs, n)
 

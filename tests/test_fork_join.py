@@ -46,6 +46,12 @@ def test_pool_gemm_is_numpy_matmul_bit_for_bit(fj, dtype, ta, tb, rng):
         np.testing.assert_allclose(out, A.astype(np.float64) @ B.astype(np.float64), rtol=1e-4, atol=1e-4)
         if parts == 4:
             assert np.array_equal(out, want)
+    want_rows = np.empty((M, N), dtype)
+    for a, b in zip(_bounds(M, 3), _bounds(M, 3)[1:], strict=False):     # numpy, row block by row block
+        np.matmul(A[a:b], B, out=want_rows[a:b])
+    out = np.full((M, N), np.nan, dtype)
+    fj.pool_gemm(A, B, out, _bounds(M, 3), split_rows=True)
+    assert np.array_equal(out, want_rows)
 
 
 def test_pool_gemm_writes_empty_ranges_nowhere_and_refuses_bad_layouts(fj, rng):
@@ -60,8 +66,13 @@ def test_pool_gemm_writes_empty_ranges_nowhere_and_refuses_bad_layouts(fj, rng):
         fj.pool_gemm(A, B, np.zeros((5, 3), np.float32).T, [0, 5])
     with pytest.raises(ValueError, match="shapes"):
         fj.pool_gemm(A, B.T, out, [0, 5])
-    with pytest.raises(ValueError, match="bounds must run from 0"):
+    with pytest.raises(ValueError, match="bounds must run from 0 to the number of columns"):
         fj.pool_gemm(A, B, out, [0, 4])
+    with pytest.raises(ValueError, match="bounds must run from 0 to the number of rows"):
+        fj.pool_gemm(A, B, out, [0, 5], split_rows=True)
+    out[...] = np.nan
+    fj.pool_gemm(A, B, out, [0, 1, 1, 3], split_rows=True)
+    np.testing.assert_allclose(out, A @ B, rtol=1e-6)
     with pytest.raises(ValueError, match="a region takes 1..64 ranges"):
         fj.pool_gemm(A, B, out, list(range(66)))
 

@@ -127,11 +127,17 @@ _GEMM_GRAIN = 1 << 21       # multiply-adds per thread below which splitting cos
 
 
 def _gemm(A, B, out):
-    """out = A @ B for 2-D arrays; on the CPU the columns of B are split across threads."""
+    """out = A @ B for 2-D arrays; on the CPU split across threads by the columns of B, or, on the
+    fork-join pool, by the rows of A when A has more rows than B has columns (the weights of a small
+    map's layer at a small batch: each thread then reads half of them, not all)."""
     if get_array_module(B) is not np:
         return get_array_module(B).matmul(A, B, out=out)
-    grain = max(1, _GEMM_GRAIN // max(1, A.shape[0] * A.shape[1]))
     fj = fork_join()
+    if fj is not None and A.shape[0] > B.shape[1]:
+        fj.pool_gemm(A, B, out, split(A.shape[0], max(1, _GEMM_GRAIN // max(1, A.shape[1] * B.shape[1]))),
+                     split_rows=True)
+        return out
+    grain = max(1, _GEMM_GRAIN // max(1, A.shape[0] * A.shape[1]))
     if fj is not None:
         fj.pool_gemm(A, B, out, split(B.shape[1], grain))
         return out
@@ -140,11 +146,18 @@ def _gemm(A, B, out):
 
 
 def _gemm_nt(A, B):
-    """A @ B.T for A (F, K), B (R, K) with K long; on the CPU K is split and the parts summed in order."""
+    """A @ B.T for A (F, K), B (R, K). On the CPU K is split across threads and the parts are summed in
+    range order; on the fork-join pool, when K is shorter than F, the rows of A are split instead (no
+    parts to add: each thread computes whole rows)."""
     if get_array_module(B) is not np:
         return A @ B.T
-    grain = max(1, _GEMM_GRAIN // max(1, A.shape[0] * B.shape[0]))
     fj = fork_join()
+    if fj is not None and A.shape[1] < A.shape[0]:
+        out = np.empty((A.shape[0], B.shape[0]), dtype=np.result_type(A, B))
+        fj.pool_gemm(A, B.T, out, split(A.shape[0], max(1, _GEMM_GRAIN // max(1, A.shape[1] * B.shape[0]))),
+                     split_rows=True)
+        return out
+    grain = max(1, _GEMM_GRAIN // max(1, A.shape[0] * B.shape[0]))
     if fj is not None:
         bounds = split(A.shape[1], grain)
         parts = np.empty((len(bounds) - 1, A.shape[0], B.shape[0]), dtype=np.result_type(A, B))
