@@ -43,14 +43,12 @@ def contenders(fn):
     """(Python pool, fork-join) versions of ``fn``: the same call with the fork-join pool hidden or not."""
     from minissd.nn import threads as threads_mod
 
-    blas = threads_mod._FORK_JOIN["blas"]
-
     def python_pool():
-        threads_mod._FORK_JOIN["blas"] = False
+        threads_mod._FORK_JOIN["enabled"] = False
         try:
             fn()
         finally:
-            threads_mod._FORK_JOIN["blas"] = blas
+            threads_mod._FORK_JOIN["enabled"] = True
 
     return python_pool, fn
 

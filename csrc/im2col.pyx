@@ -365,6 +365,7 @@ def add_chain(long long n):
 cdef extern from *:
     """
     #include <pthread.h>
+    #include <sched.h>
     #include <string.h>
     #include <time.h>
     #define MINISSD_MAXJOBS 64
@@ -386,12 +387,20 @@ cdef extern from *:
     static inline double minissd_now(void) {
         struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
     }
-    static inline void minissd_relax(void) {
+    /* One turn of a spin-wait. The first turns are a pause instruction; later ones give the CPU away
+       (sched_yield), because the thread we wait for may have been woken on our CPU: spinning there
+       would keep it off until the scheduler's tick (measured: a 4x4 head conv's regions then took
+       1 ms each instead of microseconds, in streaks). */
+    static inline void minissd_relax(int k) {
+        if (k < 64) {
     #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
+            __builtin_ia32_pause();
     #elif defined(__aarch64__)
-        __asm__ __volatile__("yield");
+            __asm__ __volatile__("yield");
     #endif
+        } else {
+            sched_yield();
+        }
     }
     static void minissd_pool_reset(minissd_runner_t runner, double spin_s) {
         memset(&minissd_pool, 0, sizeof minissd_pool);
@@ -423,7 +432,7 @@ cdef extern from *:
             double end = minissd_now() + P->spin_s;
             int k = 0;
             while (minissd_region(__atomic_load_n(&P->word, __ATOMIC_ACQUIRE)) == g) {
-                if ((++k & 255) == 0 && minissd_now() > end) {
+                if ((++k & 15) == 0 && minissd_now() > end) {
                     pthread_mutex_lock(&P->mu);
                     __atomic_add_fetch(&P->sleeping, 1, __ATOMIC_SEQ_CST);
                     while (minissd_region(__atomic_load_n(&P->word, __ATOMIC_SEQ_CST)) == g)
@@ -432,7 +441,7 @@ cdef extern from *:
                     pthread_mutex_unlock(&P->mu);
                     break;
                 }
-                minissd_relax();
+                minissd_relax(k);
             }
             if (__atomic_load_n(&P->stop, __ATOMIC_ACQUIRE)) return;
             g = minissd_region(__atomic_load_n(&P->word, __ATOMIC_ACQUIRE));
@@ -456,7 +465,7 @@ cdef extern from *:
         double end = minissd_now() + P->spin_s;
         int k = 0;
         while (__atomic_load_n(&P->finished, __ATOMIC_ACQUIRE) != n) {
-            if ((++k & 255) == 0 && minissd_now() > end) {
+            if ((++k & 15) == 0 && minissd_now() > end) {
                 pthread_mutex_lock(&P->mu);
                 __atomic_store_n(&P->caller_sleeping, 1, __ATOMIC_SEQ_CST);
                 while (__atomic_load_n(&P->finished, __ATOMIC_SEQ_CST) != n) pthread_cond_wait(&P->done_cv, &P->mu);
@@ -464,7 +473,7 @@ cdef extern from *:
                 pthread_mutex_unlock(&P->mu);
                 break;
             }
-            minissd_relax();
+            minissd_relax(k);
         }
         return 1;
     }

@@ -132,3 +132,12 @@ def test_misses_script_runs_on_a_saved_model(tmp_path):
     out = _run(["benchmarks/misses.py", path, "--limit", "3", "--show", "2"])
     assert out.returncode == 0, out.stderr[-2000:]
     assert "never matched at IoU >= 0.5" in out.stdout and "11-point AP ceiling" in out.stdout
+
+
+def test_threads_script_compares_the_two_pools():
+    """benchmarks/threads.py: both contenders run (its A side really turns the fork-join pool off:
+    tests/test_fork_join.py checks the switch)."""
+    out = _run(["benchmarks/threads.py", "--quick", "--allow-busy", "--threads", "2", "--repeats", "1"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| region | Python pool | fork-join pool | fork-join / Python pool |" in out.stdout
+    assert "empty region" in out.stdout and "load average (1 min) before" in out.stdout

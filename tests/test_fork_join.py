@@ -219,3 +219,10 @@ def test_a_forked_child_gets_a_working_fork_join_pool(fj):
             pytest.fail("the forked child hung on the inherited fork-join pool")
         time.sleep(0.05)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_the_benchmark_switch_hides_the_pool(fj, monkeypatch):
+    """benchmarks/threads.py times the Python pool by turning the fork-join pool off this way."""
+    assert threads_mod.fork_join() is fj
+    monkeypatch.setitem(threads_mod._FORK_JOIN, "enabled", False)
+    assert threads_mod.fork_join() is None

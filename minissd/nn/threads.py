@@ -47,7 +47,7 @@ def cpu_kernels():
 _THREADS = {"n": None, "pool": None, "blas_pinned": None}
 # The fork-join pool of csrc/im2col.pyx (see `fork_join`): its worker threads, and the BLAS entry points
 # it calls (None: not looked up yet; False: not found, the layers use the Python pool).
-_FORK_JOIN = {"threads": [], "blas": None}
+_FORK_JOIN = {"threads": [], "blas": None, "enabled": True}
 # How long a fork-join worker spins for the next region (and the caller for the workers) before it
 # sleeps. A layer's regions follow each other within tens of microseconds; a millisecond covers the
 # gaps between the layers of a training step too, and costs at most that much CPU after the last.
@@ -173,7 +173,7 @@ def fork_join():
     after a job before they sleep, which is what makes a region cheap to start; csrc/im2col.pyx has the
     details. A second thread calling while one region runs gets its jobs run serially."""
     n = get_num_threads()
-    if n <= 1:
+    if n <= 1 or not _FORK_JOIN["enabled"]:        # "enabled": off in benchmarks/threads.py's A side
         return None
     k = cpu_kernels()
     if len(_FORK_JOIN["threads"]) == n - 1:
