@@ -8,8 +8,8 @@ contiguous range per thread (`split`) and run the ranges in one of two ways:
   workers, and after a region each worker spins for `SPIN_SECONDS` before it sleeps. Why: a region
   handed to a thread that sleeps on a lock costs a wake-up (and the caller's wait another), 50-150 us
   each on the 2-vCPU virtual machines this was measured on, whose idle CPUs halt; a layer runs up to 8
-  regions, and the small model's 4x4 and 8x8 heads took longer on 2 threads than on 1 that way (1.6-1.9x
-  PyTorch's time, which spins the same way with OpenMP; 1.1-1.25x with the pool, benchmarks/RESULTS.md).
+  regions, and the small model's 4x4 and 8x8 heads took longer on 2 threads than on 1 that way (1.7-1.9x
+  PyTorch's time, which spins the same way with OpenMP; 0.8-1.3x with the pool, benchmarks/RESULTS.md).
   A worker that is slow to wake costs nothing but its share: the caller claims the jobs it has not.
 * `parallel_for` / `parallel_sum` on a pool of Python threads (max-pool, ReLU, the blocked convolution
   of large maps, whose jobs run Python between kernels), and everywhere when numpy's BLAS is not the
