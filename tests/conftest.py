@@ -95,6 +95,38 @@ def rng():
     return np.random.default_rng(20161008)
 
 
+def _in_forked_child(check, what: str, timeout: float = 30.0) -> None:
+    """Fork; the child runs ``check()`` (True: pass) and exits; the parent fails the test when the child
+    fails, raises or hangs past ``timeout`` seconds (then it is killed). ``what`` names the hang."""
+    import time
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os._exit(0 if check() else 1)
+        except BaseException:
+            os._exit(1)
+    deadline = time.time() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.time() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail(f"the forked child hung on {what}")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.fixture
+def in_forked_child():
+    """`_in_forked_child`: run a check in a forked child process (needs os.fork)."""
+    if not hasattr(os, "fork"):
+        pytest.skip("needs os.fork")
+    return _in_forked_child
+
+
 XP_PARAMS = [pytest.param(np, id="numpy")]
 if backend.cupy_module() is not None:
     XP_PARAMS.append(pytest.param(backend.cupy_module(), id="cupy",

@@ -2,7 +2,6 @@
 its plain twin (NumPy, or the serial kernel), bit for bit, and the pool's behaviour around threads."""
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
@@ -196,29 +195,10 @@ def test_without_the_blas_entry_points_the_layers_use_the_python_pool(monkeypatc
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)   # same ranges; dW parts summed alike
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_gets_a_working_fork_join_pool(fj):
-    import time
-
+def test_a_forked_child_gets_a_working_fork_join_pool(fj, in_forked_child):
     want = _conv_step(5)                                  # the pool runs now
-    pid = os.fork()
-    if pid == 0:
-        try:
-            got = _conv_step(5)
-            os._exit(0 if all(np.array_equal(a, b) for a, b in zip(want, got, strict=True)) else 1)
-        except BaseException:
-            os._exit(1)
-    deadline = time.time() + 30
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.time() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            pytest.fail("the forked child hung on the inherited fork-join pool")
-        time.sleep(0.05)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    in_forked_child(lambda: all(np.array_equal(a, b) for a, b in zip(want, _conv_step(5), strict=True)),
+                    "the inherited fork-join pool")
 
 
 def test_the_benchmark_switch_hides_the_pool(fj, monkeypatch):

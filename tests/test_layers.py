@@ -1,5 +1,4 @@
 """ReLU, MaxPool2d, L2Norm: kernels == NumPy twins, float64 gradient checks, PyTorch cross-checks."""
-import os
 
 import numpy as np
 import pytest
@@ -502,12 +501,9 @@ def test_default_threads_read_the_environment(monkeypatch):
         threads_mod._default_threads()
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_gets_a_working_thread_pool():
+def test_a_forked_child_gets_a_working_thread_pool(in_forked_child):
     """A process forked after the pool exists (multiprocessing's fork start method, mutmut's children)
     inherits the executor without its threads; it must start its own instead of waiting forever."""
-    import time
-
     old = threads_mod.get_num_threads()
     threads_mod.set_num_threads(2)
     try:
@@ -517,23 +513,10 @@ def test_a_forked_child_gets_a_working_thread_pool():
             out[a:b] += 1
 
         threads_mod.parallel_for(8, job)          # the pool exists now
-        pid = os.fork()
-        if pid == 0:                              # the child: the same call must finish
-            try:
-                threads_mod.parallel_for(8, job)
-                os._exit(0 if np.all(out == 2) else 1)
-            except BaseException:
-                os._exit(1)
-        deadline = time.time() + 30
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.time() > deadline:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                pytest.fail("the forked child hung on the inherited thread pool")
-            time.sleep(0.05)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        def child():                              # the same call must finish in the child
+            threads_mod.parallel_for(8, job)
+            return bool(np.all(out == 2))
+
+        in_forked_child(child, "the inherited thread pool")
     finally:
         threads_mod.set_num_threads(old)
