@@ -380,3 +380,12 @@ def test_im2col_names_a_bad_x():
         im2col([[1.0]], 3)
     with pytest.raises(ValueError, match="^im2col: x must be float32 or float64"):
         im2col(np.zeros((1, 1, 4, 4), dtype=np.int16), 3)
+
+
+def test_im2col_checks_each_property_of_out():
+    """An out of the wrong dtype or layout is refused, each on its own (kills `or` -> `and` in im2col's
+    check of `out`; the wrong shape is tests/test_conv.py's)."""
+    x = np.zeros((1, 2, 5, 5))
+    for out in (np.empty((1, 18, 9), dtype=np.float32), np.empty((1, 18, 18))[:, :, ::2]):
+        with pytest.raises(ValueError, match="im2col: out must be"):
+            im2col(x, 3, out=out)
