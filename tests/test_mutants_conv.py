@@ -6,7 +6,16 @@ import threading
 import numpy as np
 import pytest
 
-from minissd.nn import Conv2d, col2im, col2im_ref, conv_backward_ref, conv_forward_ref, im2col, set_num_threads
+from minissd.nn import (
+    Conv2d,
+    col2im,
+    col2im_ref,
+    conv_backward_ref,
+    conv_forward_ref,
+    conv_output_size,
+    im2col,
+    set_num_threads,
+)
 from minissd.nn import conv as conv_mod
 from minissd.nn.conv import conv_group_backward, conv_group_forward
 
@@ -389,3 +398,14 @@ def test_im2col_checks_each_property_of_out():
     for out in (np.empty((1, 18, 9), dtype=np.float32), np.empty((1, 18, 18))[:, :, ::2]):
         with pytest.raises(ValueError, match="im2col: out must be"):
             im2col(x, 3, out=out)
+
+
+def test_conv_output_size_defaults_and_geometry_names():
+    """conv_output_size(size, kernel) is stride 1, no padding, no dilation; im2col's geometry check names
+    kernel_size and dilation (kills the defaults of conv_output_size and the names given to `pair`)."""
+    assert conv_output_size(10, 3) == 8
+    x = np.zeros((1, 1, 5, 5))
+    with pytest.raises(ValueError, match="^kernel_size must be >= 1"):
+        im2col(x, 0)
+    with pytest.raises(ValueError, match="^dilation must be >= 1"):
+        im2col(x, 3, dilation=0)
