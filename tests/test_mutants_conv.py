@@ -333,8 +333,8 @@ def test_columns_too_large_to_keep_are_made_one_chunk_at_a_time(rng, monkeypatch
 def test_backward_copies_dy_on_several_threads_from_the_right_images(rng, three_threads):
     """A batch large enough that the copy of dy into the GEMM layout is split across threads: each range
     copies its own images. Kills `dy[n0 - a:n0 + c]` in _backward (the same as `n0 + a` for a = 0)."""
-    conv = Conv2d(1, 2, 3, padding=1, rng=rng).astype(np.float64)
-    x = rng.standard_normal((700, 1, 4, 4))
+    conv = Conv2d(1, 16, 3, padding=1, rng=rng).astype(np.float64)
+    x = rng.standard_normal((48, 1, 16, 16))            # 16 * 256 values an image: ranges of 16 images
     dy = rng.standard_normal(conv.forward(x).shape)
     rdx, rdW, rdb = conv_backward_ref(x, conv.params["W"], dy, 1, 1)
     np.testing.assert_allclose(conv.backward(dy), rdx, rtol=1e-12, atol=1e-12)
