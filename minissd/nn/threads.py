@@ -212,8 +212,6 @@ def split(total: int, grain: int = 1) -> list:
     return [total * i // n for i in range(n + 1)]
 
 
-_split = split
-
 
 def _run(fn, bounds):
     """fn over consecutive ranges of ``bounds``: the first in this thread, the rest on the pool."""
@@ -239,12 +237,12 @@ def parallel_for(total: int, fn, grain: int = 1) -> None:
     disjoint outputs for disjoint ranges.
     """
     if total > 0:
-        _run(fn, _split(total, grain))
+        _run(fn, split(total, grain))
 
 
 def parallel_sum(total: int, fn, grain: int = 1):
     """``fn(start, stop)`` summed over the split of `parallel_for`, added in range order."""
-    parts = _run(fn, _split(max(total, 1), grain))
+    parts = _run(fn, split(max(total, 1), grain))
     acc = parts[0]
     for p in parts[1:]:
         acc = acc + p
