@@ -36,6 +36,7 @@ OPENBLAS_L2_SIZE unset, run alternately; the kernel each loaded is read with thr
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -201,17 +202,39 @@ def timer(clock: str):
 SETTLE_S = 0.02
 
 
-def interleaved(fns, repeats: int, clock: str = "wall", warmup: int = 1, settle: float | None = None):
+#: Most rounds `interleaved` adds for ``min_seconds`` (a row of 1 ms would otherwise take thousands).
+MAX_ROUNDS = 61
+
+
+def rounds_for(repeats: int, round_seconds: float, min_seconds: float, max_rounds: int = MAX_ROUNDS) -> int:
+    """Rounds to time: at least ``repeats``, and enough that the rounds' calls (``round_seconds`` each
+    round, all contenders together, pauses excluded) add up to ``min_seconds``, but no more than
+    ``max_rounds`` (never fewer than ``repeats``)."""
+    if not min_seconds or min_seconds <= 0:
+        return int(repeats)
+    need = math.ceil(min_seconds / max(round_seconds, 1e-9))
+    return int(max(repeats, min(max_rounds, need)))
+
+
+def interleaved(fns, repeats: int, clock: str = "wall", warmup: int = 1, settle: float | None = None,
+                min_seconds: float = 0.0, max_rounds: int = MAX_ROUNDS):
     """Seconds per call of each function in ``fns``, measured in rounds: one call of each, in order,
     per round, after ``warmup`` untimed rounds, each timed call after a pause of ``settle`` seconds
-    (default `SETTLE_S`). Returns one list of ``repeats`` times per function."""
+    (default `SETTLE_S`). Returns one list of times per function: ``repeats`` of them, or more when
+    ``min_seconds`` asks for it (`rounds_for`, from the last warm-up round's time): short calls are
+    noisy on a small VM (a few-millisecond call spreads 1.5-3x between rounds), and their median
+    settles only with more rounds; a long call keeps ``repeats``."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     settle = SETTLE_S if settle is None else float(settle)
     now = timer(clock)
-    for _ in range(warmup):
+    round_seconds = 0.0
+    for _ in range(max(2, warmup) if min_seconds else warmup):   # the last warm-up round is timed
+        t0 = now()
         for f in fns:
             f()
+        round_seconds = now() - t0
+    repeats = rounds_for(repeats, round_seconds, min_seconds, max_rounds)
     times = [[] for _ in fns]
     for _ in range(repeats):
         for i, f in enumerate(fns):

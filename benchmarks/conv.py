@@ -12,7 +12,8 @@ map with 4k + Mk output channels: loc and conf fused, minissd/model/ssd.py), M =
 n times in the sum. The first layer is timed as in training: no dL/d(image) on either side.
 
 Both sides compute y, dL/dW, dL/db (and dL/dx) of the same float32 input and upstream gradient. The
-rules of benchmarks/_bench.py apply: interleaved rounds (minissd, torch, minissd, ...), medians with
+rules of benchmarks/_bench.py apply: interleaved rounds (minissd, torch, minissd, ...; at least 7, more
+for a short row until its calls add up to --min-seconds, at most 61), medians with
 [min-max], the ratio as the median of per-round ratios, the load average before and after each
 table (rows marked BUSY and exit status 3 above 0.5 + threads, unless --allow-busy), and GFLOP/s
 (forward 2*N*F*OH*OW*C*KH*KW, backward twice that) next to the fp32 peak of the cores in use.
@@ -35,6 +36,9 @@ def _parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _bench.add_common_args(ap)
     ap.add_argument("--only", choices=["small", "ssd300"], default=None, help="one model's layers only")
+    ap.add_argument("--min-seconds", type=float, default=None,
+                    help="time each row for at least this many seconds of calls (both sides together), adding "
+                         f"rounds up to {_bench.MAX_ROUNDS}: short rows are noisy (default 3; 0 with --quick)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: minissd's CuPy path against torch on the GPU (no peak column)")
     args = ap.parse_args(argv)
@@ -126,13 +130,13 @@ def make_pair(row, batch, device="cpu"):
     return ours, theirs, flops, conv
 
 
-def run_table(model, rows, batch, threads, repeats, clock, peak, recorder, device="cpu"):
+def run_table(model, rows, batch, threads, repeats, clock, peak, recorder, device="cpu", min_seconds=0.0):
     """Time every row; print the table once the load after it is known (so every row can say BUSY)."""
     lines, tot_a, tot_b, tot_flops, ratios = [], 0.0, 0.0, 0, []
     with _bench.LoadGuard(threads) as guard:
         for row, n in rows:
             ours, theirs, flops, conv = make_pair(row, batch, device)
-            a, b = _bench.interleaved([ours, theirs], repeats, clock)
+            a, b = _bench.interleaved([ours, theirs], repeats, clock, min_seconds=min_seconds)
             conv.clear_cache()
             sa, sb, r = _bench.Stat(a), _bench.Stat(b), _bench.ratio_stat(a, b)
             ratios.append(r.median)
@@ -142,7 +146,7 @@ def run_table(model, rows, batch, threads, repeats, clock, peak, recorder, devic
             label, C, Fo, S, k, s, p, d, input_grad = row
             geo = f"{C} -> {Fo} @ {S}, {k}/{s}/{p}/{d}" + ("" if input_grad else ", no dx")
             pct = f"{100 * flops / sa.median / 1e9 / peak:.0f}" if peak else "n/a"
-            lines.append(f"| {label} | {geo} | {n} | {sa.fmt(1e3)} | {sb.fmt(1e3)} | {r.fmt(1, 2)} | "
+            lines.append(f"| {label} | {geo} | {n} | {len(a)} | {sa.fmt(1e3)} | {sb.fmt(1e3)} | {r.fmt(1, 2)} | "
                          f"{flops / sa.median / 1e9:.0f} | {flops / sb.median / 1e9:.0f} | {pct} |")
             guard.sample()
             print(".", end="", file=sys.stderr, flush=True)
@@ -150,12 +154,12 @@ def run_table(model, rows, batch, threads, repeats, clock, peak, recorder, devic
     recorder.note(guard)
     mark = " BUSY |" if guard.busy else " |"
     pct = f"{100 * tot_flops / tot_a / 1e9 / peak:.0f}" if peak else "n/a"
-    lines.append(f"| sum (x n) | | | {tot_a * 1e3:.1f} | {tot_b * 1e3:.1f} | {tot_a / tot_b:.2f} | "
+    lines.append(f"| sum (x n) | | | | {tot_a * 1e3:.1f} | {tot_b * 1e3:.1f} | {tot_a / tot_b:.2f} | "
                  f"{tot_flops / tot_a / 1e9:.0f} | {tot_flops / tot_b / 1e9:.0f} | {pct} |")
     print(f"\n### {model}, batch {batch}, {threads} thread(s)\n")
-    print("| layer | C -> F @ in, k/s/p/d | n | minissd ms | torch ms | minissd / torch | "
+    print("| layer | C -> F @ in, k/s/p/d | n | rounds | minissd ms | torch ms | minissd / torch | "
           "minissd GFLOP/s | torch GFLOP/s | minissd % of peak | |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for line in lines:
         print(line + mark)
     print(f"\n{guard.line()}; worst ratio {max(ratios):.2f}, median {float(np.median(ratios)):.2f}", flush=True)
@@ -171,12 +175,15 @@ def main(args) -> int:
     from minissd.nn import set_num_threads
 
     repeats = args.repeats or (2 if args.quick else 7)
+    min_seconds = args.min_seconds if args.min_seconds is not None else (0.0 if args.quick else 3.0)
     models = [args.only] if args.only else ["small", "ssd300"]
     if args.quick:
         models = ["small"]
     print(f"# minissd Conv2d vs torch.nn.functional.conv2d, forward + backward, float32, {args.device}")
     print(f"\n{_bench.machine_line(args.threads)}; torch {torch.__version__} ({platform.python_version()})")
-    print(f"median [min-max] of {repeats} interleaved rounds, {args.clock} clock; ratio = median of per-round "
+    more = (f" (more for short rows: until a row's calls add up to {min_seconds:g} s, at most {_bench.MAX_ROUNDS})"
+            if min_seconds else "")
+    print(f"median [min-max] of {repeats} interleaved rounds{more}, {args.clock} clock; ratio = median of per-round "
           f"ratios [min-max]; GFLOP/s = (forward + backward flops) / median time")
     recorder = _bench.Recorder(args.allow_busy)
     clock = _bench.cpu_peak(1)["clock_ghz"] if args.device == "cpu" else None
@@ -191,7 +198,7 @@ def main(args) -> int:
                 rows = [(r, n) for r, n in rows if r[0] in QUICK[model]]
             for batch in ((2,) if args.quick else BATCHES[model]):
                 all_ratios += run_table(model, rows, batch, threads, repeats, args.clock, peak, recorder,
-                                        args.device)
+                                        args.device, min_seconds)
     print(f"\nall tables: worst ratio {max(all_ratios):.2f}, median {float(np.median(all_ratios)):.2f} "
           f"(target on a quiet CPU: every ratio <= 1.5)")
     return recorder.exit_code()

@@ -45,6 +45,22 @@ def test_interleaved_runs_rounds_in_turn():
         _bench.interleaved([lambda: None], 0)
 
 
+def test_short_rows_get_more_rounds():
+    # at least `repeats`; enough rounds for min_seconds of calls; never past the cap
+    assert _bench.rounds_for(7, 0.5, 0.0) == 7
+    assert _bench.rounds_for(7, 0.5, 3.0) == 7
+    assert _bench.rounds_for(7, 0.01, 3.0) == _bench.MAX_ROUNDS
+    assert _bench.rounds_for(7, 0.1, 3.0) == 30
+    assert _bench.rounds_for(7, 0.1, 3.0, max_rounds=20) == 20
+    assert _bench.rounds_for(9, 0.1, 0.5, max_rounds=5) == 9
+    calls = []
+    times = _bench.interleaved([lambda: calls.append("a"), lambda: calls.append("b")], 3, settle=0,
+                               min_seconds=1e-3, max_rounds=8)
+    # the calls take nanoseconds: capped at 8 rounds, after two warm-up rounds
+    assert [len(t) for t in times] == [8, 8]
+    assert calls == ["a", "b"] * 10
+
+
 def test_stat_and_ratio():
     s = _bench.Stat([3.0, 1.0, 2.0])
     assert (s.median, s.min, s.max) == (2.0, 1.0, 3.0)
