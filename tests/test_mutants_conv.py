@@ -343,6 +343,72 @@ def test_backward_copies_dy_on_several_threads_from_the_right_images(rng, three_
 
 
 # ---------------------------------------------------------------------------------------------------
+# The fork-join branches (threads.fork_join, after a1373bf): third nn mutation run
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture
+def one_thread():
+    """One CPU thread (no fork-join pool) for the test, the default afterwards."""
+    set_num_threads(1)
+    try:
+        yield
+    finally:
+        set_num_threads(0)
+
+
+def test_fork_join_gemms_split_by_columns_rows_and_k_on_several_threads(rng, monkeypatch, three_threads):
+    """With the grain shrunk, each fork-join GEMM runs as 3 ranges: _gemm by rows (A taller than B is
+    wide) and by columns, _gemm_nt by rows (K < F) and by K with its parts added in order. Kills
+    _gemm_nt's `parts[2:]`, `acc - p` and parts of shape (n, K, R); small test layers run these
+    GEMMs as one range."""
+    from minissd.nn import threads as threads_mod
+
+    assert threads_mod.fork_join() is not None
+    monkeypatch.setattr(conv_mod, "_GEMM_GRAIN", 8)
+    for shape_a, shape_b in (((30, 5), (5, 4)), ((4, 5), (5, 30))):
+        A, B = rng.standard_normal(shape_a), rng.standard_normal(shape_b)
+        out = np.full((shape_a[0], shape_b[1]), np.nan)
+        np.testing.assert_allclose(conv_mod._gemm(A, B, out), A @ B, rtol=1e-12, atol=1e-12)
+    for F, K in ((30, 5), (4, 60)):
+        A, B = rng.standard_normal((F, K)), rng.standard_normal((3, K))
+        np.testing.assert_allclose(conv_mod._gemm_nt(A, B), A @ B.T, rtol=1e-12, atol=1e-12)
+
+
+def test_gemms_and_a_small_map_layer_on_one_thread(rng, one_thread):
+    """On one thread there is no fork-join pool: the row-split conditions must not reach for it
+    (_gemm `or` / `fj is None and`, _gemm_nt likewise) and the Python-pool fallbacks must hold
+    (_transpose_images over the images, not the channels). A 1x1 output map with more filters than
+    images makes A taller than B is wide."""
+    A, B = rng.standard_normal((30, 5)), rng.standard_normal((5, 4))
+    np.testing.assert_allclose(conv_mod._gemm(A, B, np.empty((30, 4))), A @ B, rtol=1e-12, atol=1e-12)
+    A, B = rng.standard_normal((30, 5)), rng.standard_normal((3, 5))
+    np.testing.assert_allclose(conv_mod._gemm_nt(A, B), A @ B.T, rtol=1e-12, atol=1e-12)
+    conv = Conv2d(3, 8, 3, rng=rng).astype(np.float64)
+    x = rng.standard_normal((2, 3, 3, 3))
+    y = conv.forward(x)
+    np.testing.assert_allclose(y, conv_forward_ref(x, conv.params["W"], conv.params["b"], 1, 0),
+                               rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    rdx, rdW, rdb = conv_backward_ref(x, conv.params["W"], dy, 1, 0)
+    np.testing.assert_allclose(conv.backward(dy), rdx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv.grads["W"], rdW, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("strided", ["src", "dst"])
+def test_copy_images_leaves_rows_that_are_not_contiguous_to_numpy(strided, rng, three_threads):
+    """The fork-join row copy reads and writes P contiguous values a row; _copy_images hands it only
+    arrays with a unit stride along the last axis (kills `!=` for `==` in either stride test)."""
+    count, F, P = 6, 3, 5
+    src = rng.standard_normal((count, F, 2 * P))
+    dst = np.zeros((count, F, 2 * P))
+    if strided == "src":
+        src, dst = src[:, :, ::2], dst[:, :, :P]
+    else:
+        src, dst = src[:, :, :P], dst[:, :, ::2]
+    conv_mod._copy_images(dst, src, count, F * P)
+    assert np.array_equal(dst, src)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Construction and messages
 # ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args, kwargs, message", [

@@ -270,11 +270,14 @@ def test_default_arguments_mean_all_threads_and_ranges_of_one(four_threads, monk
 
 def test_without_a_pinned_blas_the_layers_stay_on_one_thread(four_threads, monkeypatch):
     """set_num_threads 18, 22: when numpy's BLAS could not be set to one thread, any n > 1 becomes 1."""
+    monkeypatch.setenv("MINISSD_NUM_THREADS", "3")
     monkeypatch.setitem(threads_mod._THREADS, "blas_pinned", False)
     threads_mod.set_num_threads(2)
-    assert threads_mod.get_num_threads() == 1
+    assert threads_mod._THREADS["n"] == 1
     threads_mod.set_num_threads(3)
-    assert threads_mod.get_num_threads() == 1
+    assert threads_mod._THREADS["n"] == 1
+    threads_mod.set_num_threads(0)
+    assert threads_mod._THREADS["n"] == 1
 
 
 def test_get_num_threads_starts_from_the_default(four_threads, monkeypatch):
