@@ -17,8 +17,8 @@ imports this module follows the same rules:
   ``--allow-busy`` was given (then the rows are still marked). A BUSY figure is not to be recorded.
 * Throughput next to the peak. `cpu_peak` gives the machine's fp32 peak as
   ``cores x FMA lanes x FMA units x 2 flops x clock``: FMA lanes from /proc/cpuinfo's flags (16 fp32
-  lanes with avx512f, 8 with avx2+fma), 2 FMA units per core (true of Intel server cores with
-  AVX-512 since Skylake-SP and of AMD Zen 2-4, both fused-multiply-add pipes), and the clock measured
+  lanes with avx512f, 8 with avx2+fma, and 8 on AMD Zen 4, which runs AVX-512 on 256-bit pipes), 2 FMA
+  units per core (true of Intel server cores with AVX-512 since Skylake-SP and of AMD Zen 2-5), and the clock measured
   by timing a chain of dependent one-cycle integer adds (minissd._im2col.add_chain: 16 adds per loop
   trip, best of many half-millisecond trials, so a trip that was descheduled does not count), with
   /proc/cpuinfo's "cpu MHz" as the fallback. The measured clock is the turbo clock of one busy core;
@@ -278,7 +278,8 @@ def ratio_stat(a, b) -> Stat:
 # --------------------------------------------------------------------------------------------------
 def cpuinfo() -> dict:
     """Model name, flags and the first 'cpu MHz' of /proc/cpuinfo (empty values where unreadable)."""
-    info = {"model": platform.processor() or platform.machine(), "flags": set(), "mhz": None}
+    info = {"model": platform.processor() or platform.machine(), "flags": set(), "mhz": None, "vendor": "",
+            "family": None}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -290,15 +291,25 @@ def cpuinfo() -> dict:
                     info["flags"] = set(val.split())
                 elif key == "cpu MHz" and info["mhz"] is None:
                     info["mhz"] = float(val)
+                elif key == "vendor_id" and not info["vendor"]:
+                    info["vendor"] = val.strip()
+                elif key == "cpu family" and info["family"] is None:
+                    info["family"] = int(val)
     except OSError:
         pass
     return info
 
 
-def fma_lanes(flags) -> int:
-    """fp32 lanes of one FMA instruction: 16 with AVX-512F, 8 with AVX2+FMA, else 0 (no FMA)."""
+#: AMD Zen 4 (family 25 with AVX-512): 512-bit instructions run on its two 256-bit FMA pipes, so its
+#: fp32 peak is that of AVX2 (8 lanes x 2 units); Zen 5 (family 26) has full-width 512-bit pipes.
+HALF_WIDTH_AVX512 = {("AuthenticAMD", 25)}
+
+
+def fma_lanes(flags, vendor: str = "", family=None) -> int:
+    """fp32 lanes one FMA unit retires per cycle: 16 with AVX-512F (8 on Zen 4, whose AVX-512 is split
+    over 256-bit pipes), 8 with AVX2+FMA, else 0 (no FMA)."""
     if "avx512f" in flags:
-        return 16
+        return 8 if (vendor, family) in HALF_WIDTH_AVX512 else 16
     if "avx2" in flags and "fma" in flags:
         return 8
     return 0
@@ -327,13 +338,15 @@ def cpu_peak(cores: int, clock_ghz=None) -> dict:
 
     Returns a dict: gflops (None if unknown), clock_ghz, clock_source, lanes, how (one line)."""
     info = cpuinfo()
-    lanes = fma_lanes(info["flags"])
+    lanes = fma_lanes(info["flags"], info["vendor"], info["family"])
     source = "measured (dependent-add chain)"
     if clock_ghz is None:
         clock_ghz = measured_clock_ghz()
     if clock_ghz is None and info["mhz"]:
         clock_ghz, source = info["mhz"] / 1000.0, "/proc/cpuinfo cpu MHz"
     isa = "AVX-512" if lanes == 16 else ("AVX2" if lanes == 8 else "no FMA")
+    if lanes == 8 and "avx512f" in info["flags"]:
+        isa = "AVX-512 on 256-bit pipes (Zen 4)"
     if not lanes or not clock_ghz:
         return {"gflops": None, "clock_ghz": clock_ghz, "clock_source": source, "lanes": lanes,
                 "how": f"peak unknown ({isa}, clock {clock_ghz})"}

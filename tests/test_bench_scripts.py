@@ -77,6 +77,10 @@ def test_flops_and_peak():
     assert _bench.conv_flops(2, 3, 4, 5, 5, 3, 3, input_grad=False)["total"] == 2 * f["forward"]
     assert _bench.fma_lanes({"avx512f", "avx2", "fma"}) == 16
     assert _bench.fma_lanes({"avx2", "fma"}) == 8 and _bench.fma_lanes({"sse2"}) == 0
+    # Zen 4 splits 512-bit FMAs over its 256-bit pipes; Zen 5 and Intel do not
+    assert _bench.fma_lanes({"avx512f", "avx2", "fma"}, "AuthenticAMD", 25) == 8
+    assert _bench.fma_lanes({"avx512f", "avx2", "fma"}, "AuthenticAMD", 26) == 16
+    assert _bench.fma_lanes({"avx512f", "avx2", "fma"}, "GenuineIntel", 6) == 16
     peak = _bench.cpu_peak(2, clock_ghz=3.0)
     if peak["lanes"]:
         assert peak["gflops"] == pytest.approx(2 * peak["lanes"] * 2 * 2 * 3.0)
