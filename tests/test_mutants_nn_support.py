@@ -421,3 +421,27 @@ def test_a_forked_child_resets_the_fork_join_pool_and_starts_its_own(monkeypatch
         in_forked_child(check, "the fork-join pool after fork")
     finally:
         threads_mod.set_num_threads(old)
+
+
+def test_openblas_libraries_looks_in_each_wheel_layout_and_skips_what_does_not_load(tmp_path, monkeypatch):
+    """_openblas_libraries 6-9 (the macOS .dylibs and the older numpy/.libs patterns; this Linux wheel has
+    only ../numpy.libs) and 21 (`break` for `continue`: a library that fails to load ends the search).
+    numpy's directory and ctypes.CDLL are stood in for, so the test loads nothing."""
+    import ctypes
+
+    pkg = tmp_path / "numpy"
+    for rel in ("numpy.libs/libscipy_openblas64_-x.so", "numpy.libs/libscipy_openblas64_-y.so",
+                "numpy/.dylibs/libopenblas.0.dylib", "numpy/.libs/libopenblas.so", "numpy/.libs/libother.so"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+
+    def fake_cdll(path):
+        if path.endswith("-x.so"):
+            raise OSError("cannot load")
+        return "handle:" + path[len(str(tmp_path)) + 1:].replace("numpy/../", "")
+
+    monkeypatch.setattr(np, "__file__", str(pkg / "__init__.py"))
+    monkeypatch.setattr(ctypes, "CDLL", fake_cdll)
+    assert threads_mod._openblas_libraries() == ["handle:numpy.libs/libscipy_openblas64_-y.so",
+                                                 "handle:numpy/.dylibs/libopenblas.0.dylib",
+                                                 "handle:numpy/.libs/libopenblas.so"]
