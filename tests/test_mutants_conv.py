@@ -376,21 +376,22 @@ def test_fork_join_gemms_split_by_columns_rows_and_k_on_several_threads(rng, mon
 def test_gemms_and_a_small_map_layer_on_one_thread(rng, one_thread):
     """On one thread there is no fork-join pool: the row-split conditions must not reach for it
     (_gemm `or` / `fj is None and`, _gemm_nt likewise) and the Python-pool fallbacks must hold
-    (_transpose_images over the images, not the channels). A 1x1 output map with more filters than
-    images makes A taller than B is wide."""
+    (_transpose_images over the images, not the channels: more images than channels shows it). A 1x1
+    output map with more filters than images makes A taller than B is wide."""
     A, B = rng.standard_normal((30, 5)), rng.standard_normal((5, 4))
     np.testing.assert_allclose(conv_mod._gemm(A, B, np.empty((30, 4))), A @ B, rtol=1e-12, atol=1e-12)
     A, B = rng.standard_normal((30, 5)), rng.standard_normal((3, 5))
     np.testing.assert_allclose(conv_mod._gemm_nt(A, B), A @ B.T, rtol=1e-12, atol=1e-12)
-    conv = Conv2d(3, 8, 3, rng=rng).astype(np.float64)
-    x = rng.standard_normal((2, 3, 3, 3))
-    y = conv.forward(x)
-    np.testing.assert_allclose(y, conv_forward_ref(x, conv.params["W"], conv.params["b"], 1, 0),
-                               rtol=1e-12, atol=1e-12)
-    dy = rng.standard_normal(y.shape)
-    rdx, rdW, rdb = conv_backward_ref(x, conv.params["W"], dy, 1, 0)
-    np.testing.assert_allclose(conv.backward(dy), rdx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(conv.grads["W"], rdW, rtol=1e-10, atol=1e-12)
+    for C, F, padding, shape in ((3, 8, 0, (2, 3, 3, 3)), (3, 2, 1, (5, 3, 4, 4))):
+        conv = Conv2d(C, F, 3, padding=padding, rng=rng).astype(np.float64)
+        x = rng.standard_normal(shape)
+        y = conv.forward(x)
+        np.testing.assert_allclose(y, conv_forward_ref(x, conv.params["W"], conv.params["b"], 1, padding),
+                                   rtol=1e-12, atol=1e-12)
+        dy = rng.standard_normal(y.shape)
+        rdx, rdW, rdb = conv_backward_ref(x, conv.params["W"], dy, 1, padding)
+        np.testing.assert_allclose(conv.backward(dy), rdx, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(conv.grads["W"], rdW, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("strided", ["src", "dst"])
