@@ -110,3 +110,21 @@ def test_load_state_dict_takes_arrays_from_any_device(xp):
 def test_add_child_rejects_non_modules():
     with pytest.raises(TypeError, match="'x' is int, not a Module"):
         Module().add_child("x", 3)
+
+
+def test_workspace_growth_frees_the_old_buffer_first():
+    # Growing a slot must not hold the old and the new buffer at once: the peak is the new size.
+    import tracemalloc
+
+    from minissd.nn.workspace import Workspace
+
+    ws = Workspace()
+    tracemalloc.start()
+    try:
+        ws.get(np, "s", (1 << 20,), np.float32)         # 4 MB, traced
+        tracemalloc.reset_peak()
+        ws.get(np, "s", (2 << 20,), np.float32)         # grows to 8 MB
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 9 << 20, f"peak {peak / 2**20:.1f} MiB: the old 4 MiB buffer was still held"

@@ -30,7 +30,10 @@ class Workspace:
         key = (xp.__name__, slot, np.dtype(dtype).str)
         buf = self._buffers.get(key)
         if buf is None or buf.size < size:
-            self._buffers.pop(key, None)          # free the small buffer before allocating the big one
+            # free the small buffer before allocating the big one: drop this frame's reference too, or
+            # growing an 8 MB buffer would hold 16 MB at its peak
+            buf = None
+            self._buffers.pop(key, None)
             buf = xp.empty(size, dtype=dtype)
             self._buffers[key] = buf
         return buf[:size].reshape(shape)
