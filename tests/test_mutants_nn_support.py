@@ -445,3 +445,23 @@ def test_openblas_libraries_looks_in_each_wheel_layout_and_skips_what_does_not_l
     assert threads_mod._openblas_libraries() == ["handle:numpy.libs/libscipy_openblas64_-y.so",
                                                  "handle:numpy/.dylibs/libopenblas.0.dylib",
                                                  "handle:numpy/.libs/libopenblas.so"]
+
+
+# -- nn/checks.py (mutated in session 5 after the other nn files) --------------------------------------
+def test_positive_int_refuses_floats_strings_and_bools_with_a_value_error():
+    from minissd.nn.checks import positive_int
+
+    assert positive_int(3, "n") == 3 and positive_int(np.int64(2), "n") == 2
+    for bad in (2.5, "3", True, 0, -1):
+        with pytest.raises(ValueError, match="n must be a positive int"):
+            positive_int(bad, "n")
+
+
+def test_check_input_refuses_an_object_with_a_shape_but_no_dtype():
+    from minissd.nn.checks import check_input
+
+    class ShapeOnly:
+        shape = (1, 3, 4, 4)
+
+    with pytest.raises(ValueError, match="L: input must be an array, got ShapeOnly"):
+        check_input("L", ShapeOnly())
