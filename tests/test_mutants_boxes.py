@@ -388,3 +388,69 @@ def test_one_gpu_argument_puts_the_result_on_the_gpu():
             got = fn(*moved)
             assert isinstance(got, cp.ndarray), (fn, i)
             np.testing.assert_allclose(cp.asnumpy(got), want, atol=1e-12)
+
+
+# -- minissd/boxes/reference.py, the NumPy twins themselves (mutated in session 5) ----------------------
+def test_reference_iou_keeps_the_input_dtype():
+    from minissd.boxes.reference import iou_ref
+
+    a = np.array([[0, 0, 2, 2]], np.float32)
+    b = np.array([[1, 1, 3, 3], [0, 0, 2, 2]], np.float32)
+    out = iou_ref(a, b)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[1 / 7, 1.0]], rtol=1e-6)
+
+
+def test_reference_match_labels_are_int64_and_iou_at_the_threshold_is_positive():
+    # Prior 0 is the ground truth itself (paired first); prior 1 overlaps it at IoU exactly 0.5, which
+    # counts as a match ("at or above the threshold"), in the twin and in the Cython kernel alike.
+    import inspect
+
+    from minissd.boxes import match
+    from minissd.boxes.reference import match_ref
+
+    priors = np.array([[0.5, 0.25, 1.0, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    gt = np.array([[0.0, 0.0, 1.0, 0.5]])
+    lab = np.array([3], np.int64)
+    labels, matched = match_ref(priors, gt, lab, threshold=0.5)
+    assert labels.dtype == np.int64 and labels.tolist() == [3, 3]
+    np.testing.assert_array_equal(matched, [gt[0], gt[0]])
+    k_labels = match(priors, gt, lab, threshold=0.5)[0]
+    assert np.asarray(k_labels).tolist() == [3, 3]
+    empty_labels, _ = match_ref(priors, np.zeros((0, 4)), np.zeros(0, np.int64))
+    assert empty_labels.dtype == np.int64 and empty_labels.tolist() == [0, 0]
+    assert inspect.signature(match_ref).parameters["threshold"].default == 0.5
+
+
+def test_reference_detect_defaults_lengths_and_empty_labels():
+    import inspect
+
+    from minissd.boxes import batched_detect
+    from minissd.boxes.reference import batched_detect_ref
+
+    ours = inspect.signature(batched_detect).parameters
+    ref = inspect.signature(batched_detect_ref).parameters
+    for name in ("score_threshold", "nms_threshold", "pre_nms_top_k", "top_k"):
+        assert ref[name].default == ours[name].default, name
+    # The defaults at work (score 0.01, NMS 0.45, 400 per class before NMS, 200 per image): class 1 has
+    # 450 disjoint boxes, one of them under the score threshold; class 2 two boxes at IoU 0.6.
+    g = np.arange(450)
+    x0, y0 = (g % 25) * 0.04, (g // 25) * 0.04
+    disjoint = np.stack([x0, y0, x0 + 0.02, y0 + 0.02], axis=1)
+    pair = np.array([[0.0, 0.0, 0.5, 0.5], [0.0, 0.1, 0.5, 0.6]])      # IoU 0.2 / 0.3 = 0.667
+    bx = np.concatenate([disjoint, pair])[None]
+    pr = np.zeros((1, 452, 3))
+    pr[0, :450, 1] = np.linspace(0.02, 0.5, 450)
+    pr[0, 449, 1] = 0.005
+    pr[0, 450:, 2] = [0.9, 0.8]
+    for kw, n in (({}, 200), ({"top_k": 1000}, 401)):
+        (d,) = batched_detect_ref(bx, pr, **kw)
+        (k,) = batched_detect(bx, pr, **kw)
+        assert len(d.labels) == n and int((d.labels == 2).sum()) == 1
+        np.testing.assert_array_equal(d.labels, k.labels)
+        np.testing.assert_allclose(d.scores, k.scores)
+    boxes = np.array([[[0.0, 0.0, 0.5, 0.5]]])
+    with pytest.raises(ValueError):                       # one image of boxes, two of probabilities
+        batched_detect_ref(boxes, np.full((2, 1, 2), 0.5))
+    (det,) = batched_detect_ref(boxes, np.ones((1, 1, 1)))   # background only: nothing to detect
+    assert det.labels.dtype == np.int64 and det.labels.shape == (0,) and det.boxes.shape == (0, 4)
