@@ -11,6 +11,7 @@
   Test modules import ``HealthCheck, example, given, settings, st`` from here: where hypothesis is not
   installed those are stand-ins under which each property test skips and every other test still runs.
 """
+import contextlib
 import importlib.util
 import inspect
 import os
@@ -93,6 +94,20 @@ else:
 @pytest.fixture
 def rng():
     return np.random.default_rng(20161008)
+
+
+@contextlib.contextmanager
+def threads_set_to(n: int):
+    """minissd's CPU thread count set to ``n`` inside the block, the count before it restored after
+    (``n = 1``: no pool at all, so no fork-join pool either)."""
+    from minissd.nn import threads as threads_mod
+
+    old = threads_mod.get_num_threads()
+    threads_mod.set_num_threads(n)
+    try:
+        yield
+    finally:
+        threads_mod.set_num_threads(old)
 
 
 def _in_forked_child(check, what: str, timeout: float = 30.0) -> None:

@@ -6,6 +6,7 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import threads_set_to
 from minissd.nn import (
     Conv2d,
     col2im,
@@ -14,7 +15,6 @@ from minissd.nn import (
     conv_forward_ref,
     conv_output_size,
     im2col,
-    set_num_threads,
 )
 from minissd.nn import conv as conv_mod
 from minissd.nn.conv import conv_group_backward, conv_group_forward
@@ -24,12 +24,9 @@ im2col_mod = importlib.import_module("minissd.nn.im2col")   # the package export
 
 @pytest.fixture
 def three_threads():
-    """Three CPU threads for the test, the default afterwards."""
-    set_num_threads(3)
-    try:
+    """Three CPU threads for the test, the count before it afterwards."""
+    with threads_set_to(3):
         yield
-    finally:
-        set_num_threads(0)
 
 
 class _RecordingKernels:
@@ -347,12 +344,9 @@ def test_backward_copies_dy_on_several_threads_from_the_right_images(rng, three_
 # ---------------------------------------------------------------------------------------------------
 @pytest.fixture
 def one_thread():
-    """One CPU thread (no fork-join pool) for the test, the default afterwards."""
-    set_num_threads(1)
-    try:
+    """One CPU thread (no fork-join pool) for the test, the count before it afterwards."""
+    with threads_set_to(1):
         yield
-    finally:
-        set_num_threads(0)
 
 
 def test_fork_join_gemms_split_by_columns_rows_and_k_on_several_threads(rng, monkeypatch, three_threads):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import threads_set_to
 from minissd.nn import threads as threads_mod
 from minissd.nn.init import fan_in, he_normal, init_weight, xavier_uniform
 from minissd.nn.module import Module, Sequential
@@ -25,10 +26,8 @@ class _Leaf(Module):
 
 @pytest.fixture
 def four_threads():
-    old = threads_mod.get_num_threads()
-    threads_mod.set_num_threads(4)
-    yield
-    threads_mod.set_num_threads(old)
+    with threads_set_to(4):
+        yield
 
 
 # -- init.py ---------------------------------------------------------------------------------------------

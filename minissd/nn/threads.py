@@ -212,7 +212,6 @@ def split(total: int, grain: int = 1) -> list:
     return [total * i // n for i in range(n + 1)]
 
 
-
 def _run(fn, bounds):
     """fn over consecutive ranges of ``bounds``: the first in this thread, the rest on the pool."""
     n = len(bounds) - 1
