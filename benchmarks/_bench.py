@@ -207,13 +207,13 @@ MAX_ROUNDS = 61
 
 
 def rounds_for(repeats: int, round_seconds: float, min_seconds: float, max_rounds: int = MAX_ROUNDS) -> int:
-    """Rounds to time: at least ``repeats``, and enough that the rounds' calls (``round_seconds`` each
-    round, all contenders together, pauses excluded) add up to ``min_seconds``, but no more than
-    ``max_rounds`` (never fewer than ``repeats``)."""
-    if not min_seconds or min_seconds <= 0:
-        return int(repeats)
+    """Rounds to time: enough that the rounds' calls (``round_seconds`` each round, all contenders
+    together, pauses excluded) add up to ``min_seconds``, capped at ``max_rounds``; never fewer than
+    ``repeats``."""
+    if min_seconds <= 0:
+        return repeats
     need = math.ceil(min_seconds / max(round_seconds, 1e-9))
-    return int(max(repeats, min(max_rounds, need)))
+    return max(repeats, min(max_rounds, need))
 
 
 def interleaved(fns, repeats: int, clock: str = "wall", warmup: int = 1, settle: float | None = None,
