@@ -161,3 +161,12 @@ def test_threads_script_compares_the_two_pools():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| region | Python pool | fork-join pool | fork-join / Python pool |" in out.stdout
     assert "empty region" in out.stdout and "load average (1 min) before" in out.stdout
+
+
+@requires_torch
+def test_conv_paths_script_runs():
+    """benchmarks/conv_paths.py: the path variants and the two-thread GEMM table both print."""
+    out = _run(["benchmarks/conv_paths.py", "--quick", "--allow-busy", "--threads", "1", "--repeats", "1"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| conv1, batch 2 |" in out.stdout and "whole batch / present" in out.stdout
+    assert "| conv1 dW, 16x16384 @ (27x16384).T |" in out.stdout and "K-chunks of 2048" in out.stdout
