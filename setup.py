@@ -16,9 +16,10 @@ extensions = [
     Extension(
         "minissd._" + os.path.splitext(os.path.basename(path))[0],
         [os.path.relpath(path, HERE)],
-        include_dirs=[np.get_include()],
+        include_dirs=[np.get_include(), os.path.join(HERE, "csrc")],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=extra_compile_args,
+        depends=sorted(glob.glob(os.path.join(HERE, "csrc", "*.h"))),
     )
     for path in sorted(glob.glob(os.path.join(HERE, "csrc", "*.pyx")))
 ]

@@ -516,6 +516,11 @@ cdef extern from *:
     ctypedef void (*minissd_dgemm32_t)(int, int, int, int, int, int, double, const double*, int, const double*,
                                        int, double, double*, int) noexcept nogil
 
+cdef extern from "sgemm.h" nogil:
+    int minissd_own_sgemm_supported()
+    int minissd_own_sgemm(int ta, int tb, long long M, long long N, long long K, const float* a, long long lda,
+                          const float* b, long long ldb, float beta, float* c, long long ldc, int simd)
+
 cdef enum:
     MAXJOBS = 64            # at most 255: the pool's word keeps job counts in 8 bits
     JOB_NONE = 0
@@ -538,6 +543,7 @@ ctypedef struct Job:
     Py_ssize_t g[13]
 
 cdef Job _jobs[MAXJOBS]
+cdef int _own = 0                   # float32 GEMMs by minissd_own_sgemm (csrc/sgemm.h), not the BLAS
 cdef minissd_sgemm_t _sgemm = NULL
 cdef minissd_dgemm_t _dgemm = NULL
 cdef minissd_sgemm32_t _sgemm32 = NULL
@@ -595,6 +601,9 @@ cdef void _do_job(Job* j) noexcept nogil:
                 _dgemm32(101, ta, tb, <int>j.M, <int>j.N, <int>j.K, 1.0, <const double*>j.a, <int>j.lda,
                          <const double*>j.b, <int>j.ldb, j.beta, <double*>j.c, <int>j.ldc)
         else:
+            if _own and minissd_own_sgemm(j.ta, j.tb, j.M, j.N, j.K, <const float*>j.a, j.lda,
+                                          <const float*>j.b, j.ldb, <float>j.beta, <float*>j.c, j.ldc, 1) == 0:
+                return
             if _sgemm != NULL:
                 _sgemm(101, ta, tb, j.M, j.N, j.K, 1.0, <const float*>j.a, j.lda, <const float*>j.b,
                        j.ldb, <float>j.beta, <float*>j.c, j.ldc)
@@ -824,3 +833,54 @@ def pool_rows(src, dst, bias, Py_ssize_t F, Py_ssize_t P, list bounds):
         jobs[t].g[4], jobs[t].g[5] = ds[0] // isz, ds[1] // isz
     with nogil:
         _run_region(jobs, n)
+
+
+# --------------------------------------------------------------------------------------------------
+# minissd's own float32 GEMM (csrc/sgemm.h): in the pool's GEMM jobs when switched on, and
+# callable on its own; minissd/nn/threads.py decides (set_gemm) and minissd/nn/gemm.py calls it.
+# --------------------------------------------------------------------------------------------------
+def own_sgemm_supported():
+    """True when this build has the AVX-512 GEMM and the CPU runs AVX-512F."""
+    return minissd_own_sgemm_supported() == 1
+
+
+def set_own_sgemm(bint on):
+    """Route the pool's float32 GEMM jobs to the own GEMM (True) or the BLAS (False)."""
+    global _own
+    if on and not own_sgemm_supported():
+        raise RuntimeError("the AVX-512 GEMM needs a CPU with AVX-512F (and a gcc/clang x86-64 build)")
+    _own = 1 if on else 0
+
+
+def own_sgemm_enabled():
+    return _own == 1
+
+
+def own_sgemm(const float[:, :] A, const float[:, :] B, float[:, :] C, float beta=0.0, bint simd=True):
+    """C = A @ B + beta * C by the own GEMM, in this thread. A and B row-major or transposed row-major
+    (a ``.T`` view), C row-major; float32. ``simd`` False runs its portable micro-kernel (any CPU:
+    what the tests check the packing with). RuntimeError where it cannot run."""
+    cdef int ta, tb, rc
+    cdef long long lda = 0, ldb = 0, ldc = 0
+    cdef Py_ssize_t isz = sizeof(float)
+    if simd and not own_sgemm_supported():
+        raise RuntimeError("the AVX-512 GEMM needs a CPU with AVX-512F (and a gcc/clang x86-64 build)")
+    if A.shape[1] != B.shape[0] or C.shape[0] != A.shape[0] or C.shape[1] != B.shape[1]:
+        raise ValueError(f"own_sgemm: shapes ({A.shape[0]}, {A.shape[1]}) @ ({B.shape[0]}, {B.shape[1]}) -> "
+                         f"({C.shape[0]}, {C.shape[1]})")
+    if C.shape[0] == 0 or C.shape[1] == 0:
+        return
+    if A.shape[1] == 0:                               # an empty sum: C = beta C
+        for i in range(C.shape[0]):
+            for j in range(C.shape[1]):
+                C[i, j] = 0.0 if beta == 0.0 else beta * C[i, j]
+        return
+    ta = _as_blas(A.shape[0], A.shape[1], A.strides[0], A.strides[1], isz, b"A", &lda)
+    tb = _as_blas(B.shape[0], B.shape[1], B.strides[0], B.strides[1], isz, b"B", &ldb)
+    if _as_blas(C.shape[0], C.shape[1], C.strides[0], C.strides[1], isz, b"C", &ldc):
+        raise ValueError("own_sgemm: C must be row-major")
+    with nogil:
+        rc = minissd_own_sgemm(ta, tb, A.shape[0], B.shape[1], A.shape[1], &A[0, 0] if A.shape[1] else NULL,
+                               lda, &B[0, 0] if B.shape[0] else NULL, ldb, beta, &C[0, 0], ldc, simd)
+    if rc != 0:
+        raise MemoryError("own_sgemm: no memory for the packing buffers")

@@ -110,6 +110,32 @@ def threads_set_to(n: int):
         threads_mod.set_num_threads(old)
 
 
+@contextlib.contextmanager
+def gemm_set_to(kind: str):
+    """minissd's float32 GEMM set to ``kind`` ("blas" or "avx512", minissd.nn.threads.set_gemm) inside
+    the block, the one before it restored after."""
+    from minissd.nn import threads as threads_mod
+
+    old = threads_mod.get_gemm()
+    threads_mod.set_gemm(kind)
+    try:
+        yield
+    finally:
+        threads_mod.set_gemm(old)
+
+
+def own_gemm_supported() -> bool:
+    from minissd.nn.threads import cpu_kernels
+
+    return cpu_kernels().own_sgemm_supported()
+
+
+# Both GEMMs where the CPU runs the AVX-512 one; the BLAS alone elsewhere.
+GEMM_KINDS = ["blas", pytest.param("avx512", marks=pytest.mark.skipif(
+    not own_gemm_supported(), reason="the own GEMM needs AVX-512F; tests/test_sgemm.py checks its portable "
+                                     "kernel on this CPU"))]
+
+
 def _in_forked_child(check, what: str, timeout: float = 30.0) -> None:
     """Fork; the child runs ``check()`` (True: pass) and exits; the parent fails the test when the child
     fails, raises or hangs past ``timeout`` seconds (then it is killed). ``what`` names the hang."""

@@ -7,22 +7,22 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import GEMM_KINDS, gemm_set_to, threads_set_to
 from minissd.nn import Conv2d
 from minissd.nn import threads as threads_mod
+from minissd.nn.gemm import matmul
 from minissd.nn.im2col import col2im_ref, im2col_ref
 
 
-@pytest.fixture
-def fj():
-    """The kernels with a pool of 3 workers (4 threads), whatever the machine has."""
-    old = threads_mod.get_num_threads()
-    threads_mod.set_num_threads(4)
-    k = threads_mod.fork_join()
-    if k is None:
-        threads_mod.set_num_threads(old)
-        pytest.fail("numpy's OpenBLAS entry points were not found: the fork-join pool is unavailable")
-    yield k
-    threads_mod.set_num_threads(old)
+@pytest.fixture(params=GEMM_KINDS)
+def fj(request):
+    """The kernels with a pool of 3 workers (4 threads), whatever the machine has, with each float32 GEMM
+    (the twin of a pool GEMM is then `minissd.nn.gemm.matmul`, which follows the same choice)."""
+    with gemm_set_to(request.param), threads_set_to(4):
+        k = threads_mod.fork_join()
+        if k is None:
+            pytest.fail("numpy's OpenBLAS entry points were not found: the fork-join pool is unavailable")
+        yield k
 
 
 def _bounds(total, parts):
@@ -37,8 +37,8 @@ def test_pool_gemm_is_numpy_matmul_bit_for_bit(fj, dtype, ta, tb, rng):
     B = rng.standard_normal((N, K) if tb else (K, N)).astype(dtype)
     A, B = (A.T if ta else A), (B.T if tb else B)
     want = np.empty((M, N), dtype)
-    for a, b in zip(_bounds(N, 4), _bounds(N, 4)[1:], strict=False):     # numpy, range by range
-        np.matmul(A, B[:, a:b], out=want[:, a:b])
+    for a, b in zip(_bounds(N, 4), _bounds(N, 4)[1:], strict=False):     # serially, range by range
+        matmul(A, B[:, a:b], out=want[:, a:b])
     for parts in (1, 2, 4, 9):
         out = np.full((M, N), np.nan, dtype)
         fj.pool_gemm(A, B, out, _bounds(N, parts))
@@ -46,8 +46,8 @@ def test_pool_gemm_is_numpy_matmul_bit_for_bit(fj, dtype, ta, tb, rng):
         if parts == 4:
             assert np.array_equal(out, want)
     want_rows = np.empty((M, N), dtype)
-    for a, b in zip(_bounds(M, 3), _bounds(M, 3)[1:], strict=False):     # numpy, row block by row block
-        np.matmul(A[a:b], B, out=want_rows[a:b])
+    for a, b in zip(_bounds(M, 3), _bounds(M, 3)[1:], strict=False):     # serially, row block by row block
+        matmul(A[a:b], B, out=want_rows[a:b])
     out = np.full((M, N), np.nan, dtype)
     fj.pool_gemm(A, B, out, _bounds(M, 3), split_rows=True)
     assert np.array_equal(out, want_rows)
@@ -86,7 +86,7 @@ def test_pool_gemm_parts_are_the_split_products(fj, dtype, rng):
     fj.pool_gemm_parts(A, B, parts, bounds)
     for t in range(4):
         a, b = bounds[t], bounds[t + 1]
-        assert np.array_equal(parts[t], A[:, a:b] @ B[:, a:b].T)
+        assert np.array_equal(parts[t], matmul(A[:, a:b], B[:, a:b].T))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

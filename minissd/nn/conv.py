@@ -47,6 +47,7 @@ from .checks import check_input, pair, positive_int
 from .im2col import col2im, conv_geometry, im2col
 from .init import init_weight
 from .module import Module
+from .gemm import matmul
 from .threads import cpu_kernels, fork_join, parallel_for, parallel_sum, split
 
 # Column buffers above this many bytes are not kept from forward to backward: backward unrolls the
@@ -141,7 +142,7 @@ def _gemm(A, B, out):
     if fj is not None:
         fj.pool_gemm(A, B, out, split(B.shape[1], grain))
         return out
-    parallel_for(B.shape[1], lambda a, b: np.matmul(A, B[:, a:b], out=out[:, a:b]), grain=grain)
+    parallel_for(B.shape[1], lambda a, b: matmul(A, B[:, a:b], out=out[:, a:b]), grain=grain)
     return out
 
 
@@ -166,7 +167,7 @@ def _gemm_nt(A, B):
         for p in parts[1:]:                  # in range order, as parallel_sum adds
             acc = acc + p
         return acc
-    return parallel_sum(A.shape[1], lambda a, b: A[:, a:b] @ B[:, a:b].T, grain=grain)
+    return parallel_sum(A.shape[1], lambda a, b: matmul(A[:, a:b], B[:, a:b].T), grain=grain)
 
 
 def _transpose_images(dst, yt, b=None):
@@ -374,7 +375,7 @@ class Conv2d(Module):
             for blk in range(first, last):
                 n0, mm, col = self._unroll_block(x, blk, m, R, P)
                 yt = self._scratch("by", (F, mm, P), x.dtype)
-                np.matmul(W2d, col.reshape(R, mm * P), out=yt.reshape(F, mm * P))
+                matmul(W2d, col.reshape(R, mm * P), out=yt.reshape(F, mm * P))
                 src = yt.transpose(1, 0, 2)                                  # (mm, F, P) view
                 if b is None:
                     np.copyto(y[n0:n0 + mm], src)
@@ -404,15 +405,15 @@ class Conv2d(Module):
                 dyt2 = dyt.reshape(Ft, mm * P)
                 col2d = col.reshape(R, mm * P)
                 db_parts[blk] = dyt2.sum(axis=1)
-                dW_parts[blk] = dyt2 @ col2d.T                                # (Ft, R)
+                dW_parts[blk] = matmul(dyt2, col2d.T)                      # (Ft, R)
                 # the columns are spent: their buffer takes dcol = W.T @ dy, then col2im adds it back
                 if sum_dx:
-                    np.matmul(W_all.T, dyt2, out=col2d)
+                    matmul(W_all.T, dyt2, out=col2d)
                     k.col2im(col, dxs[0][n0:n0 + mm], KH, KW, SH, SW, PH, PW, DH, DW, True, 0, mm * C)
                     continue
                 for i, (f0, F) in enumerate(zip(starts, Fs, strict=False)):
                     if want_dx[i]:
-                        np.matmul(W_all[f0:f0 + F].T, dyt2[f0:f0 + F], out=col2d)
+                        matmul(W_all[f0:f0 + F].T, dyt2[f0:f0 + F], out=col2d)
                         k.col2im(col, dxs[i][n0:n0 + mm], KH, KW, SH, SW, PH, PW, DH, DW, True, 0, mm * C)
 
         parallel_for(nb, job)

@@ -45,6 +45,9 @@ def cpu_kernels():
 
 
 _THREADS = {"n": None, "pool": None, "blas_pinned": None}
+# Which float32 GEMM the CPU layers call (see `set_gemm`): None until first asked.
+_GEMM = {"kind": None}
+GEMM_KINDS = ("auto", "blas", "avx512")
 # The fork-join pool of csrc/im2col.pyx (see `fork_join`): its worker threads, and the BLAS entry points
 # it calls (None: not looked up yet; False: not found, the layers use the Python pool).
 _FORK_JOIN = {"threads": [], "blas": None, "enabled": True}
@@ -173,6 +176,7 @@ def fork_join():
     after a job before they sleep, which is what makes a region cheap to start; csrc/im2col.pyx has the
     details. A second thread calling while one region runs gets its jobs run serially."""
     n = get_num_threads()
+    get_gemm()                                       # the pool's GEMM jobs follow the choice
     if n <= 1 or not _FORK_JOIN["enabled"]:        # "enabled": off in benchmarks/threads.py's A side
         return None
     k = cpu_kernels()
@@ -196,6 +200,38 @@ def fork_join():
         t.start()
     _FORK_JOIN["threads"] = workers
     return k
+
+
+def set_gemm(kind: str = "auto") -> str:
+    """Choose the float32 GEMM of the CPU layers; returns the one in use ("blas" or "avx512").
+
+    "blas" is numpy's OpenBLAS (cblas_sgemm in the fork-join pool, ``numpy.matmul`` elsewhere): the
+    plain twin. "avx512" is minissd's own kernel (csrc/sgemm.h, minissd/nn/gemm.py), which runs the
+    AVX-512 FMA units that this environment's OpenBLAS leaves to its AVX2 kernels
+    (OPENBLAS_CORETYPE=Haswell). "auto" (the default, or ``$MINISSD_GEMM``) takes "avx512" where the
+    CPU has AVX-512F, else "blas". float64 always uses the BLAS. Results of the two differ in the
+    last bits (another summation order); each is deterministic, whatever the number of threads.
+    """
+    if kind not in GEMM_KINDS:
+        raise ValueError(f"set_gemm: kind must be one of {', '.join(GEMM_KINDS)}, got {kind!r}")
+    k = cpu_kernels()
+    supported = k.own_sgemm_supported()
+    if kind == "avx512" and not supported:
+        raise ValueError("set_gemm: 'avx512' needs a CPU with AVX-512F (this one has none); use 'blas' or 'auto'")
+    use = "avx512" if kind == "avx512" or (kind == "auto" and supported) else "blas"
+    k.set_own_sgemm(use == "avx512")
+    _GEMM["kind"] = use
+    return use
+
+
+def get_gemm() -> str:
+    """The float32 GEMM in use, "blas" or "avx512" (chosen from ``$MINISSD_GEMM`` on first call)."""
+    if _GEMM["kind"] is None:
+        env = os.environ.get("MINISSD_GEMM", "").strip() or "auto"
+        if env not in GEMM_KINDS:
+            raise ValueError(f"MINISSD_GEMM={env!r}: must be one of {', '.join(GEMM_KINDS)}")
+        set_gemm(env)
+    return _GEMM["kind"]
 
 
 def get_num_threads() -> int:

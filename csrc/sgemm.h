@@ -1,0 +1,250 @@
+/* minissd's own float32 GEMM for x86 CPUs with AVX-512F: C = A @ B + beta * C, row-major.
+ *
+ * Why it exists: numpy's OpenBLAS runs its Haswell (AVX2) kernels in this project's environment
+ * (OPENBLAS_CORETYPE=Haswell, which tests and CI keep), so on a core with full-width AVX-512 pipes
+ * (Zen 5, Intel server cores) it can reach only half of the core's float32 peak, while PyTorch's
+ * oneDNN runs AVX-512. The plain twin is that BLAS call (cblas_sgemm through the fork-join pool, or
+ * numpy.matmul); tests/test_sgemm.py checks this kernel against it.
+ *
+ * How (the GotoBLAS/BLIS scheme, written from the published description): C is computed in tiles of
+ * MR x NR = 8 x 48 by a micro-kernel that keeps the tile in 24 zmm registers and, for each k, loads one
+ * row of 48 values of B (3 vectors), broadcasts each of the 8 values of A's column and does 24 FMAs.
+ * A and B are first copied ("packed") into the order the micro-kernel reads them, KC values of k at a
+ * time: B in panels of NR columns (KC x NR = 36 KB, which stays in the 48 KB L1 cache while the
+ * micro-kernel walks down the rows of C), A in panels of MR rows (from the L2 cache). Packing also
+ * handles transposed operands and pads the edges with zeros, so the micro-kernel has no edge cases but
+ * the masked stores of the last columns.
+ *
+ * Determinism: each C element is the sum over k in increasing order (KC at a time, FMA by FMA), the
+ * same whichever part of C a call computes, so splitting C's rows or columns across threads gives the
+ * bits of one call. Float32 only; float64 (the gradient checks) stays with the BLAS.
+ */
+#ifndef MINISSD_SGEMM_H
+#define MINISSD_SGEMM_H
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define MINISSD_OWN_SGEMM 1
+#include <immintrin.h>
+#else
+#define MINISSD_OWN_SGEMM 0
+#endif
+
+#define MS_MR 8
+#define MS_NR 48
+#define MS_KC 192
+#define MS_MC 256            /* a multiple of MS_MR */
+#define MS_NC 3072           /* a multiple of MS_NR */
+
+/* 1 when this CPU (and its OS) runs AVX-512F, else 0. */
+static int minissd_own_sgemm_supported(void) {
+#if MINISSD_OWN_SGEMM
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
+/* Each thread's packing buffers (A block MC x KC, B block KC x NC: 2.5 MB), made on its first call and
+   freed when the thread ends. */
+static pthread_key_t ms_key;
+static pthread_once_t ms_once = PTHREAD_ONCE_INIT;
+static void ms_free(void *p) { free(p); }
+static void ms_make_key(void) { (void)pthread_key_create(&ms_key, ms_free); }
+static float *ms_workspace(void) {
+    float *w;
+    (void)pthread_once(&ms_once, ms_make_key);
+    w = (float *)pthread_getspecific(ms_key);
+    if (w == NULL) {
+        w = (float *)aligned_alloc(64, (size_t)(MS_MC * MS_KC + MS_KC * MS_NC) * sizeof(float));
+        if (w != NULL && pthread_setspecific(ms_key, w) != 0) { free(w); w = NULL; }
+    }
+    return w;
+}
+
+/* A(i, k) for i in [i0, i0+mc), k in [k0, k0+kc) into panels of MS_MR rows: panel p holds
+   dst[p*kc*MR + k*MR + r] = A(i0 + p*MR + r, k0 + k), zero for rows past mc. A(i, k) is a[i*lda + k],
+   or a[k*lda + i] when ta. */
+static void ms_pack_a(const float *a, long long lda, int ta, long long i0, long long mc, long long k0,
+                      long long kc, float *dst) {
+    for (long long p = 0; p < mc; p += MS_MR) {
+        const long long rows = mc - p < MS_MR ? mc - p : MS_MR;
+        float *d = dst + p * kc;
+        if (ta) {
+            for (long long k = 0; k < kc; ++k) {
+                const float *s = a + (k0 + k) * lda + i0 + p;
+                long long r = 0;
+                for (; r < rows; ++r) d[k * MS_MR + r] = s[r];
+                for (; r < MS_MR; ++r) d[k * MS_MR + r] = 0.0f;
+            }
+        } else {
+            for (long long r = 0; r < MS_MR; ++r) {
+                if (r < rows) {
+                    const float *s = a + (i0 + p + r) * lda + k0;
+                    for (long long k = 0; k < kc; ++k) d[k * MS_MR + r] = s[k];
+                } else {
+                    for (long long k = 0; k < kc; ++k) d[k * MS_MR + r] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/* B(k, j) for k in [k0, k0+kc), j in [j0, j0+nc) into panels of MS_NR columns: panel q holds
+   dst[q*kc*NR + k*NR + c] = B(k0 + k, j0 + q*NR + c), zero for columns past nc. B(k, j) is
+   b[k*ldb + j], or b[j*ldb + k] when tb. */
+static void ms_pack_b(const float *b, long long ldb, int tb, long long k0, long long kc, long long j0,
+                      long long nc, float *dst) {
+    for (long long q = 0; q < nc; q += MS_NR) {
+        const long long cols = nc - q < MS_NR ? nc - q : MS_NR;
+        float *d = dst + q * kc;
+        if (!tb) {
+            for (long long k = 0; k < kc; ++k) {
+                const float *s = b + (k0 + k) * ldb + j0 + q;
+                memcpy(d + k * MS_NR, s, (size_t)cols * sizeof(float));
+                if (cols < MS_NR) memset(d + k * MS_NR + cols, 0, (size_t)(MS_NR - cols) * sizeof(float));
+            }
+        } else {
+            for (long long c = 0; c < MS_NR; ++c) {
+                if (c < cols) {
+                    const float *s = b + (j0 + q + c) * ldb + k0;
+                    for (long long k = 0; k < kc; ++k) d[k * MS_NR + c] = s[k];
+                } else {
+                    for (long long k = 0; k < kc; ++k) d[k * MS_NR + c] = 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/* The portable micro-kernel (plain C, the same packed panels and tile as the AVX-512 one below): what
+   runs where AVX-512 cannot, so that the packing and blocking are tested on every machine. */
+static void ms_kernel_c(long long kc, const float *ap, const float *bp, float *c, long long ldc,
+                        long long rows, long long cols, int mode, float beta) {
+    float acc[MS_MR][MS_NR];
+    memset(acc, 0, sizeof acc);
+    for (long long k = 0; k < kc; ++k, ap += MS_MR, bp += MS_NR)
+        for (int r = 0; r < MS_MR; ++r) {
+            const float av = ap[r];
+            for (int j = 0; j < MS_NR; ++j) acc[r][j] += av * bp[j];
+        }
+    for (long long r = 0; r < rows; ++r) {
+        float *cr = c + r * ldc;
+        for (long long j = 0; j < cols; ++j)
+            cr[j] = mode == 0 ? acc[r][j] : (mode == 1 ? cr[j] + acc[r][j] : beta * cr[j] + acc[r][j]);
+    }
+}
+
+#if MINISSD_OWN_SGEMM
+static inline __mmask16 ms_mask(long long n) {   /* the first n (clipped to 0..16) lanes */
+    return n >= 16 ? (__mmask16)0xFFFF : (n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u));
+}
+
+/* The micro-kernel: the MR x NR tile C[0:rows, 0:cols] (row stride ldc) from kc steps of the packed
+   panels ap (kc x MR) and bp (kc x NR). mode 0: C = AB; 1: C += AB; 2: C = beta C + AB. */
+#define MS_ROW_FMA(r)                                                                            \
+    { const __m512 av = _mm512_set1_ps(ap[r]);                                                   \
+      c##r##0 = _mm512_fmadd_ps(av, b0, c##r##0); c##r##1 = _mm512_fmadd_ps(av, b1, c##r##1);   \
+      c##r##2 = _mm512_fmadd_ps(av, b2, c##r##2); }
+#define MS_ROW_STORE(r)                                                                          \
+    if (r < rows) {                                                                              \
+        float *cr = c + (r) * ldc;                                                               \
+        __m512 v0 = c##r##0, v1 = c##r##1, v2 = c##r##2;                                         \
+        if (mode == 1) {                                                                         \
+            v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));                               \
+            v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));                          \
+            v2 = _mm512_add_ps(v2, _mm512_maskz_loadu_ps(m2, cr + 32));                          \
+        } else if (mode == 2) {                                                                  \
+            v0 = _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(m0, cr), v0);                         \
+            v1 = _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(m1, cr + 16), v1);                    \
+            v2 = _mm512_fmadd_ps(bv, _mm512_maskz_loadu_ps(m2, cr + 32), v2);                    \
+        }                                                                                        \
+        _mm512_mask_storeu_ps(cr, m0, v0);                                                       \
+        _mm512_mask_storeu_ps(cr + 16, m1, v1);                                                  \
+        _mm512_mask_storeu_ps(cr + 32, m2, v2);                                                  \
+    }
+
+__attribute__((target("avx512f")))
+static void ms_kernel(long long kc, const float *ap, const float *bp, float *c, long long ldc,
+                      long long rows, long long cols, int mode, float beta) {
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00;
+    __m512 c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
+    __m512 c40 = c00, c41 = c00, c42 = c00, c50 = c00, c51 = c00, c52 = c00;
+    __m512 c60 = c00, c61 = c00, c62 = c00, c70 = c00, c71 = c00, c72 = c00;
+    for (long long k = 0; k < kc; ++k) {
+        const __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16), b2 = _mm512_load_ps(bp + 32);
+        MS_ROW_FMA(0) MS_ROW_FMA(1) MS_ROW_FMA(2) MS_ROW_FMA(3)
+        MS_ROW_FMA(4) MS_ROW_FMA(5) MS_ROW_FMA(6) MS_ROW_FMA(7)
+        ap += MS_MR;
+        bp += MS_NR;
+    }
+    {
+        const __mmask16 m0 = ms_mask(cols), m1 = ms_mask(cols - 16), m2 = ms_mask(cols - 32);
+        const __m512 bv = _mm512_set1_ps(beta);
+        (void)bv;
+        MS_ROW_STORE(0) MS_ROW_STORE(1) MS_ROW_STORE(2) MS_ROW_STORE(3)
+        MS_ROW_STORE(4) MS_ROW_STORE(5) MS_ROW_STORE(6) MS_ROW_STORE(7)
+    }
+}
+#undef MS_ROW_FMA
+#undef MS_ROW_STORE
+#endif  /* MINISSD_OWN_SGEMM */
+
+typedef void (*ms_kernel_t)(long long, const float *, const float *, float *, long long, long long, long long,
+                            int, float);
+
+/* C (M x N, row stride ldc) = A (M x K) @ B (K x N) + beta * C; A(i, k) = a[i*lda + k] (a[k*lda + i]
+   when ta), B(k, j) = b[k*ldb + j] (b[j*ldb + k] when tb). simd 1: the AVX-512 micro-kernel (the
+   caller checks minissd_own_sgemm_supported), 0: the portable one. Returns 0, or -1 where it cannot
+   run (simd asked of a build without it, or no memory for the packing buffers): the caller then uses
+   the BLAS. */
+static int minissd_own_sgemm(int ta, int tb, long long M, long long N, long long K, const float *a,
+                             long long lda, const float *b, long long ldb, float beta, float *c,
+                             long long ldc, int simd) {
+    float *w, *abuf, *bbuf;
+    ms_kernel_t kernel = ms_kernel_c;
+    if (simd) {
+#if MINISSD_OWN_SGEMM
+        kernel = ms_kernel;
+#else
+        return -1;
+#endif
+    }
+    if (M <= 0 || N <= 0) return 0;
+    if (K <= 0) {                                   /* C = beta C */
+        for (long long i = 0; i < M; ++i)
+            for (long long j = 0; j < N; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+        return 0;
+    }
+    w = ms_workspace();
+    if (w == NULL) return -1;
+    abuf = w;
+    bbuf = w + MS_MC * MS_KC;
+    for (long long jc = 0; jc < N; jc += MS_NC) {
+        const long long nc = N - jc < MS_NC ? N - jc : MS_NC;
+        for (long long pc = 0; pc < K; pc += MS_KC) {
+            const long long kc = K - pc < MS_KC ? K - pc : MS_KC;
+            const int mode = pc > 0 ? 1 : (beta == 0.0f ? 0 : (beta == 1.0f ? 1 : 2));
+            ms_pack_b(b, ldb, tb, pc, kc, jc, nc, bbuf);
+            for (long long ic = 0; ic < M; ic += MS_MC) {
+                const long long mc = M - ic < MS_MC ? M - ic : MS_MC;
+                ms_pack_a(a, lda, ta, ic, mc, pc, kc, abuf);
+                for (long long jr = 0; jr < nc; jr += MS_NR) {
+                    const long long cols = nc - jr < MS_NR ? nc - jr : MS_NR;
+                    for (long long ir = 0; ir < mc; ir += MS_MR) {
+                        const long long rows = mc - ir < MS_MR ? mc - ir : MS_MR;
+                        kernel(kc, abuf + ir * kc, bbuf + jr * kc, c + (ic + ir) * ldc + jc + jr, ldc,
+                               rows, cols, mode, beta);
+                    }
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+#endif  /* MINISSD_SGEMM_H */
