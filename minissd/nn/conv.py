@@ -44,10 +44,10 @@ import numpy as np
 
 from ..backend import get_array_module
 from .checks import check_input, pair, positive_int
+from .gemm import matmul
 from .im2col import col2im, conv_geometry, im2col
 from .init import init_weight
 from .module import Module
-from .gemm import matmul
 from .threads import cpu_kernels, fork_join, parallel_for, parallel_sum, split
 
 # Column buffers above this many bytes are not kept from forward to backward: backward unrolls the
