@@ -71,6 +71,18 @@ def add_common_args(ap: argparse.ArgumentParser, threads_default: str = "2,1") -
                     help="exit 0 even when the load average was above the threshold (rows still say BUSY)")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="wall time (default) or process CPU time (profiling on a busy machine, 1 thread)")
+    ap.add_argument("--gemm", choices=("auto", "blas", "avx512"), default=None,
+                    help="minissd's float32 GEMM (minissd.nn.threads.set_gemm): numpy's OpenBLAS or the own "
+                         "AVX-512 kernel (default: $MINISSD_GEMM, else auto: avx512 where the CPU has AVX-512F)")
+
+
+def use_gemm(kind) -> str:
+    """Set minissd's float32 GEMM (None: leave the default); returns a phrase for the header."""
+    from minissd.nn.threads import get_gemm, set_gemm
+
+    use = set_gemm(kind) if kind else get_gemm()
+    what = "own AVX-512 kernel, csrc/sgemm.h" if use == "avx512" else "numpy's BLAS"
+    return f"minissd float32 GEMM: {use} ({what})"
 
 
 def check_repeats(n, what="--repeats"):
@@ -378,7 +390,8 @@ def blas_info() -> str:
             f"(OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')})")
 
 
-def machine_line(threads_list) -> str:
+def machine_line(threads_list, gemm=None) -> str:
+    """The machine, its peak, numpy's BLAS and minissd's GEMM (``gemm``: the --gemm option, set here)."""
     import numpy as np
 
     info = cpuinfo()
@@ -387,7 +400,7 @@ def machine_line(threads_list) -> str:
     return (f"{info['model']}, {cores} CPUs; {peak['how'].replace('1 core(s)', 'per core: 1 core')}; "
             f"peaks used: " + ", ".join(f"{t} thread(s) {cpu_peak(t, peak['clock_ghz'])['gflops'] or 0:.0f} GFLOP/s"
                                         for t in threads_list)
-            + f"; numpy {np.__version__}; {blas_info()}")
+            + f"; numpy {np.__version__}; {blas_info()}; {use_gemm(gemm)}")
 
 
 # --------------------------------------------------------------------------------------------------

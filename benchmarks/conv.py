@@ -180,7 +180,7 @@ def main(args) -> int:
     if args.quick:
         models = ["small"]
     print(f"# minissd Conv2d vs torch.nn.functional.conv2d, forward + backward, float32, {args.device}")
-    print(f"\n{_bench.machine_line(args.threads)}; torch {torch.__version__} ({platform.python_version()})")
+    print(f"\n{_bench.machine_line(args.threads, args.gemm)}; torch {torch.__version__} ({platform.python_version()})")
     more = (f" (more for short rows: until a row's calls add up to {min_seconds:g} s, at most {_bench.MAX_ROUNDS})"
             if min_seconds else "")
     print(f"median [min-max] of {repeats} interleaved rounds{more}, {args.clock} clock; ratio = median of per-round "

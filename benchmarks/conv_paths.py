@@ -116,7 +116,7 @@ def main(args) -> int:
     names = ("conv1", "conv4") if args.quick else ("conv1", "conv2", "conv3", "conv4")
     rows = [(r, n) for r, n in model_layers("small", 5) if r[0] in names]
     print("# minissd Conv2d paths against the present code and PyTorch; OpenBLAS GEMMs in two threads")
-    print(f"\n{_bench.machine_line(args.threads)}; torch {torch.__version__} ({platform.python_version()})")
+    print(f"\n{_bench.machine_line(args.threads, args.gemm)}; torch {torch.__version__} ({platform.python_version()})")
     print(f"median [min-max] of at least {repeats} interleaved rounds, {args.clock} clock; ratio = median of "
           f"per-round ratios variant / present")
     recorder = _bench.Recorder(args.allow_busy)

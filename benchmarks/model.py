@@ -239,7 +239,7 @@ def main(args) -> int:
     if not (args.skip_ssd300 or args.quick):
         cases.append(("ssd300", 21, args.ssd300_batch or 2))
     print(f"# minissd SSD vs its PyTorch twin {torch.__version__} (CPU), float32, training mode")
-    print(f"\n{_bench.machine_line(args.threads)}; {platform.python_version()}")
+    print(f"\n{_bench.machine_line(args.threads, args.gemm)}; {platform.python_version()}")
     print(f"per image: median [min-max] of {repeats} interleaved rounds, {args.clock} clock; ratio = median of "
           f"per-round ratios [min-max]; GFLOP/s: the convolutions' flops / median time")
     recorder = _bench.Recorder(args.allow_busy)

@@ -99,7 +99,7 @@ def main(args) -> int:
 
     repeats = args.repeats or (2 if args.quick else 9)
     print("# minissd parallel regions: Python thread pool vs fork-join pool, same ranges, float32, cpu")
-    print(f"\n{_bench.machine_line(args.threads)} ({platform.python_version()})")
+    print(f"\n{_bench.machine_line(args.threads, args.gemm)} ({platform.python_version()})")
     print(f"median [min-max] of {repeats} interleaved rounds, {args.clock} clock; ratio = median of per-round "
           f"ratios fork-join / Python pool [min-max]")
     recorder = _bench.Recorder(args.allow_busy)

@@ -105,7 +105,7 @@ def test_quick_mode_runs(script):
     out = _run([script, "--quick", "--allow-busy", "--threads", "1", "--repeats", "1"])
     assert out.returncode == 0, out.stderr[-2000:]
     assert "minissd / " in out.stdout and "load average (1 min) before" in out.stdout
-    assert "fp32 peak" in out.stdout
+    assert "fp32 peak" in out.stdout and "minissd float32 GEMM: " in out.stdout
 
 
 def test_bad_threads_is_a_clear_error():
@@ -170,3 +170,20 @@ def test_conv_paths_script_runs():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| conv1, batch 2 |" in out.stdout and "whole batch / present" in out.stdout
     assert "| conv1 dW, 16x16384 @ (27x16384).T |" in out.stdout and "K-chunks of 2048" in out.stdout
+
+
+@requires_torch
+def test_gemm_script_compares_the_three_gemms():
+    """benchmarks/gemm.py: own, OpenBLAS and torch rows where the CPU has AVX-512F; a clear line where not."""
+    out = _run(["benchmarks/gemm.py", "--quick", "--allow-busy", "--repeats", "1"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    if "has no AVX-512F" in out.stdout:
+        return
+    assert "| conv3 forward | 64 x 8192 x 288 (A, B) |" in out.stdout
+    assert "| conv3 dW | 64 x 288 x 8192 (A, B.T) |" in out.stdout and "own / torch: median" in out.stdout
+    assert "minissd float32 GEMM: avx512" in out.stdout
+
+
+def test_gemm_script_is_single_threaded():
+    out = _run(["benchmarks/gemm.py", "--threads", "2"])
+    assert out.returncode != 0 and "--threads 1 only" in out.stderr
