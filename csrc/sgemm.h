@@ -192,10 +192,85 @@ static void ms_kernel(long long kc, const float *ap, const float *bp, float *c, 
 }
 #undef MS_ROW_FMA
 #undef MS_ROW_STORE
+
+/* r[0..15] (16 rows of 16) transposed in registers: afterwards r[i] holds what was column i. Three
+   rounds of shuffles: 2x2 blocks of single values (unpack), of pairs (shuffle_ps), then of 4x4 blocks
+   (shuffle_f32x4, twice). */
+__attribute__((target("avx512f")))
+static inline void ms_transpose16(__m512 r[16]) {
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+        t[i] = _mm512_shuffle_f32x4(u[i], u[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(u[i], u[i + 4], 0xDD);
+        t[i + 8] = _mm512_shuffle_f32x4(u[i + 8], u[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(u[i + 8], u[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 8; ++i) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    }
+}
+
+/* ms_pack_a and ms_pack_b for the operands whose packing is a transpose (A row-major, B given as
+   B.T row-major: the weight gradient's dY and columns), 16 x 16 blocks at a time through registers;
+   the edges (fewer than 16 values of k, a partial panel) by the scalar loops. Same layout. */
+__attribute__((target("avx512f")))
+static void ms_pack_a_simd(const float *a, long long lda, int ta, long long i0, long long mc, long long k0,
+                           long long kc, float *dst) {
+    const long long kv = ta ? 0 : kc - kc % 16;        /* k values done 16 at a time */
+    if (kv == 0) { ms_pack_a(a, lda, ta, i0, mc, k0, kc, dst); return; }
+    for (long long p = 0; p < mc; p += MS_MR) {
+        const long long rows = mc - p < MS_MR ? mc - p : MS_MR;
+        float *d = dst + p * kc;
+        if (rows < MS_MR) { ms_pack_a(a, lda, ta, i0 + p, rows, k0, kc, d); continue; }
+        for (long long k = 0; k < kv; k += 16) {
+            __m512 r[16];
+            for (int i = 0; i < 8; ++i) r[i] = _mm512_loadu_ps(a + (i0 + p + i) * lda + k0 + k);
+            for (int i = 8; i < 16; ++i) r[i] = _mm512_setzero_ps();
+            ms_transpose16(r);
+            for (int i = 0; i < 16; ++i) _mm256_storeu_ps(d + (k + i) * MS_MR, _mm512_castps512_ps256(r[i]));
+        }
+        for (long long k = kv; k < kc; ++k)
+            for (long long i = 0; i < MS_MR; ++i) d[k * MS_MR + i] = a[(i0 + p + i) * lda + k0 + k];
+    }
+}
+
+__attribute__((target("avx512f")))
+static void ms_pack_b_simd(const float *b, long long ldb, int tb, long long k0, long long kc, long long j0,
+                           long long nc, float *dst) {
+    const long long kv = tb ? kc - kc % 16 : 0;
+    if (kv == 0) { ms_pack_b(b, ldb, tb, k0, kc, j0, nc, dst); return; }
+    for (long long q = 0; q < nc; q += MS_NR) {
+        const long long cols = nc - q < MS_NR ? nc - q : MS_NR;
+        float *d = dst + q * kc;
+        if (cols < MS_NR) { ms_pack_b(b, ldb, tb, k0, kc, j0 + q, cols, d); continue; }
+        for (long long c0 = 0; c0 < MS_NR; c0 += 16) {
+            for (long long k = 0; k < kv; k += 16) {
+                __m512 r[16];
+                for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(b + (j0 + q + c0 + i) * ldb + k0 + k);
+                ms_transpose16(r);
+                for (int i = 0; i < 16; ++i) _mm512_storeu_ps(d + (k + i) * MS_NR + c0, r[i]);
+            }
+            for (long long k = kv; k < kc; ++k)
+                for (long long c = c0; c < c0 + 16; ++c) d[k * MS_NR + c] = b[(j0 + q + c) * ldb + k0 + k];
+        }
+    }
+}
 #endif  /* MINISSD_OWN_SGEMM */
 
 typedef void (*ms_kernel_t)(long long, const float *, const float *, float *, long long, long long, long long,
                             int, float);
+typedef void (*ms_pack_t)(const float *, long long, int, long long, long long, long long, long long, float *);
 
 /* C (M x N, row stride ldc) = A (M x K) @ B (K x N) + beta * C; A(i, k) = a[i*lda + k] (a[k*lda + i]
    when ta), B(k, j) = b[k*ldb + j] (b[j*ldb + k] when tb). simd 1: the AVX-512 micro-kernel (the
@@ -207,9 +282,12 @@ static int minissd_own_sgemm(int ta, int tb, long long M, long long N, long long
                              long long ldc, int simd) {
     float *w, *abuf, *bbuf;
     ms_kernel_t kernel = ms_kernel_c;
+    ms_pack_t pack_a = ms_pack_a, pack_b = ms_pack_b;
     if (simd) {
 #if MINISSD_OWN_SGEMM
         kernel = ms_kernel;
+        pack_a = ms_pack_a_simd;
+        pack_b = ms_pack_b_simd;
 #else
         return -1;
 #endif
@@ -229,10 +307,10 @@ static int minissd_own_sgemm(int ta, int tb, long long M, long long N, long long
         for (long long pc = 0; pc < K; pc += MS_KC) {
             const long long kc = K - pc < MS_KC ? K - pc : MS_KC;
             const int mode = pc > 0 ? 1 : (beta == 0.0f ? 0 : (beta == 1.0f ? 1 : 2));
-            ms_pack_b(b, ldb, tb, pc, kc, jc, nc, bbuf);
+            pack_b(b, ldb, tb, pc, kc, jc, nc, bbuf);
             for (long long ic = 0; ic < M; ic += MS_MC) {
                 const long long mc = M - ic < MS_MC ? M - ic : MS_MC;
-                ms_pack_a(a, lda, ta, ic, mc, pc, kc, abuf);
+                pack_a(a, lda, ta, ic, mc, pc, kc, abuf);
                 for (long long jr = 0; jr < nc; jr += MS_NR) {
                     const long long cols = nc - jr < MS_NR ? nc - jr : MS_NR;
                     for (long long ir = 0; ir < mc; ir += MS_MR) {
