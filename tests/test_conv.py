@@ -646,7 +646,6 @@ def test_blocked_path_matches_reference(geom, per_block, rng, monkeypatch):
     x = rng.standard_normal((N, C, H, W))
     R, P = conv.params["W"][0].size, int(np.prod(conv_forward_ref(x[:1], conv.params["W"], None, s, p, d).shape[2:]))
     monkeypatch.setattr(conv_mod, "BLOCK_BYTES", per_block * R * P * 8)
-    monkeypatch.setattr(conv_mod, "SMALL_MAP_PIXELS", 0)               # small test maps take blocks too
     assert conv._blocked(np, N, R, P, 8, F) == per_block, "the test must exercise the blocked path"
     y = conv.forward(x)
     dy = rng.standard_normal(y.shape)
@@ -663,7 +662,6 @@ def test_blocked_path_matches_reference(geom, per_block, rng, monkeypatch):
 def test_blocked_group_and_no_input_grad_match_separate_references(sum_dx, rng, monkeypatch):
     """The fused loc+conf heads on the blocked path; a layer without input_grad gets dW, db and no dx."""
     monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 500)
-    monkeypatch.setattr(conv_mod, "SMALL_MAP_PIXELS", 0)               # small test maps take blocks too
     x = rng.standard_normal((5, 3, 6, 6))
     a = Conv2d(3, 4, 3, padding=1, rng=rng).astype(np.float64)
     b = Conv2d(3, 2, 3, padding=1, rng=rng).astype(np.float64)
@@ -687,7 +685,6 @@ def test_blocked_path_is_bitwise_the_same_for_any_thread_count_and_accumulates(r
     """dW and db are summed block by block in block order: 1 and 3 threads give identical bits, and a
     second backward adds to the gradients (never overwrites them)."""
     monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 2000)
-    monkeypatch.setattr(conv_mod, "SMALL_MAP_PIXELS", 0)               # small test maps take blocks too
     x = rng.standard_normal((7, 3, 9, 9)).astype(np.float32)
     dy = rng.standard_normal((7, 6, 9, 9)).astype(np.float32)
     results = []
@@ -711,16 +708,13 @@ def test_blocked_path_is_bitwise_the_same_for_any_thread_count_and_accumulates(r
 
 
 def test_blocked_path_is_taken_only_on_the_cpu_for_large_batches():
-    """Columns of at most two blocks, images under half a block, maps of 16x16 or less, or fewer filters
-    than channels run as
+    """Columns of at most two blocks, images under half a block, or fewer filters than channels run as
     one whole-batch GEMM; the block size depends on the shapes only."""
     conv = Conv2d(16, 32, 3, padding=1, rng=np.random.default_rng(0))
     per_image = 16 * 9 * 64 * 64 * 4
     assert conv._blocked(np, 32, 16 * 9, 64 * 64, 4, 32) == max(1, conv_mod.BLOCK_BYTES // per_image)
     assert conv._blocked(np, 1, 16 * 9, 8 * 8, 4, 32) == 0
-    assert conv._blocked(np, 32, 128 * 9, 8 * 8, 4, 128) == 0      # 295 kB an image: under one block
-    assert conv._blocked(np, 16, 64 * 9, 16 * 16, 4, 128) == 0     # a 16x16 map (the small model's conv4)
-    assert conv._blocked(np, 16, 64 * 9, 16 * 17, 4, 128) == 1     # a larger map of the same columns
+    assert conv._blocked(np, 32, 128 * 9, 8 * 8, 4, 128) == 0      # 295 kB an image: under half a block
     assert conv._blocked(np, 32, 16 * 9, 64 * 64, 4, 8) == 0      # fewer filters than channels (a head)
     assert conv._blocked(object(), 32, 16 * 9, 64 * 64, 4, 32) == 0
 
@@ -750,7 +744,6 @@ def test_transposed_dx_matches_reference(kernel, padding, chunked, rng, monkeypa
 
 def test_transposed_dx_of_a_fused_group_is_the_sum_of_the_references(rng, monkeypatch):
     monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 1)                  # would block, were it not a head
-    monkeypatch.setattr(conv_mod, "SMALL_MAP_PIXELS", 0)
     x = rng.standard_normal((5, 8, 6, 6))
     a = Conv2d(8, 2, 3, padding=1, rng=rng).astype(np.float64)
     b = Conv2d(8, 3, 3, padding=1, rng=rng).astype(np.float64)

@@ -107,7 +107,6 @@ def _block_bytes_for(monkeypatch, conv, x, images):
     P = int(np.prod(conv_forward_ref(x[:1], conv.params["W"], None, conv.stride, conv.padding,
                                      conv.dilation).shape[2:]))
     monkeypatch.setattr(conv_mod, "BLOCK_BYTES", images * R * P * x.itemsize)
-    monkeypatch.setattr(conv_mod, "SMALL_MAP_PIXELS", 0)               # small test maps take blocks too
     assert conv._blocked(np, x.shape[0], R, P, x.itemsize, conv.out_channels) == images
     return R, P
 
@@ -137,7 +136,6 @@ def test_blocked_group_sum_of_dx_with_blocks_of_several_images(rng, monkeypatch)
     a = Conv2d(3, 4, 3, padding=1, rng=rng).astype(np.float64)
     b = Conv2d(3, 2, 3, padding=1, rng=rng).astype(np.float64)
     monkeypatch.setattr(conv_mod, "BLOCK_BYTES", 2 * 27 * 36 * 8)
-    monkeypatch.setattr(conv_mod, "SMALL_MAP_PIXELS", 0)               # small test maps take blocks too
     assert a._blocked(np, 5, 27, 36, 8, 6) == 2
     ya, yb = conv_group_forward([a, b], x)
     dya, dyb = rng.standard_normal(ya.shape), rng.standard_normal(yb.shape)
@@ -215,15 +213,6 @@ def test_blocked_path_thresholds_are_inclusive_as_documented(N, P, blocked):
     R, itemsize = 16, 4                                   # 16 * 4 * 16384 bytes = 1 MiB = BLOCK_BYTES
     assert conv_mod.BLOCK_BYTES == R * itemsize * 16384
     assert conv._blocked(np, N, R, P, itemsize, 8) == blocked
-
-
-@pytest.mark.parametrize("P, blocked", [(256, 0), (257, 1)])
-def test_blocked_path_leaves_maps_of_16x16_and_less_whole(P, blocked):
-    """A 16x16 map (`SMALL_MAP_PIXELS`) stays on the whole-batch path however large its images' columns;
-    one pixel more takes blocks. Kills `P <= SMALL_MAP_PIXELS` -> `<` and the threshold's value."""
-    conv = Conv2d(4, 8, 3, rng=np.random.default_rng(0))
-    R = 4096                                              # 4096 * 4 * 256 bytes = 4 MiB an image
-    assert conv._blocked(np, 3, R, P, 4, 8) == blocked
 
 
 @pytest.mark.parametrize("padding", [(3, 1), (1, 3)])

@@ -61,8 +61,6 @@ CHUNK_BYTES = 128 * 2**20
 # core's cache (1 MiB L2 on the development machines). Batches whose columns fit in two blocks run as
 # one GEMM over the batch instead (see `Conv2d._blocked`).
 BLOCK_BYTES = 1 << 20
-# Output maps of at most this many pixels (16x16) keep the whole-batch path (see Conv2d._blocked).
-SMALL_MAP_PIXELS = 256
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,11 +307,9 @@ class Conv2d(Module):
     # dW and db; the shares are added in block order, so the result does not depend on the threads.
     def _blocked(self, xp, N, R, P, itemsize, F):
         """Images per block for the blocked CPU path, or 0 for the whole-batch path: on the GPU, for
-        columns that fit in two blocks, for images of under half a block or maps of at most
-        `SMALL_MAP_PIXELS` (on the small model's 16x16 maps and below, measured on a quiet 2-core
-        machine, re-unrolling in backward and GEMMs of a few hundred columns cost more than the cache
-        saves: its conv4 took 0.57-0.70x the blocked time whole-batch on 2 threads, 1.02-1.07x on one;
-        benchmarks/conv_paths.py), and for layers with fewer filters (``F``, all
+        columns that fit in two blocks, for images of under half a block (on the small model's 8x8 maps
+        and below, measured on a quiet 2-core machine, re-unrolling in backward and GEMMs of a few
+        hundred columns cost more than the cache saves), and for layers with fewer filters (``F``, all
         of a fused group) than input channels: SSD's heads, whose dx comes from dy
         (`_dx_by_transposed_conv`), so that the columns kept from forward serve dW alone; the 16x16
         head of the small model took 0.88x (2 threads) the blocked time that way. Depends on the shapes
@@ -321,7 +317,7 @@ class Conv2d(Module):
         if xp is not np or F < self.in_channels:
             return 0
         per_image = max(1, R * P * itemsize)
-        if N * per_image <= 2 * BLOCK_BYTES or 2 * per_image < BLOCK_BYTES or P <= SMALL_MAP_PIXELS:
+        if N * per_image <= 2 * BLOCK_BYTES or 2 * per_image < BLOCK_BYTES:
             return 0
         return max(1, min(N, BLOCK_BYTES // per_image))
 
