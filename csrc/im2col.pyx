@@ -528,6 +528,8 @@ cdef enum:
     JOB_IM2COL = 2
     JOB_COL2IM = 3
     JOB_ROWS = 4
+    JOB_CONV_FWD = 5        # blocks of images of a convolution, forward (Conv2d's blocked path)
+    JOB_CONV_BWD = 6        # the same blocks, backward
 
 ctypedef struct Job:
     int kind
@@ -541,6 +543,10 @@ ctypedef struct Job:
     double beta
     Py_ssize_t start, stop
     Py_ssize_t g[13]
+    # the convolution block jobs: [m images a block, F filters, P output pixels an image, want dx] and
+    # their arrays (x, W2d, y or dy, dx, the job's column and (F, m, P) scratch, dW and db parts)
+    Py_ssize_t h[4]
+    void* p[8]
 
 cdef Job _jobs[MAXJOBS]
 cdef int _own = 0                   # float32 GEMMs by minissd_own_sgemm (csrc/sgemm.h), not the BLAS
@@ -586,30 +592,114 @@ cdef void _run_job(int i) noexcept nogil:
     _do_job(&_jobs[i])
 
 
-cdef void _do_job(Job* j) noexcept nogil:
+cdef void _gemm_any(bint f64, bint ta_, bint tb_, long long M, long long N, long long K, const void* a,
+                    long long lda, const void* b, long long ldb, double beta, void* c, long long ldc) noexcept nogil:
+    """C = A @ B + beta C, row-major, A transposed when ta_, B when tb_: the own GEMM (float32, when
+    switched on) or the BLAS whose entry points `pool_setup` was given."""
     cdef int ta, tb
-    if j.kind == JOB_GEMM:
-        if j.M <= 0 or j.N <= 0:
-            return
-        ta = 112 if j.ta else 111                    # CblasTrans / CblasNoTrans; row major (101)
-        tb = 112 if j.tb else 111
-        if j.f64:
-            if _dgemm != NULL:
-                _dgemm(101, ta, tb, j.M, j.N, j.K, 1.0, <const double*>j.a, j.lda, <const double*>j.b,
-                       j.ldb, j.beta, <double*>j.c, j.ldc)
-            else:
-                _dgemm32(101, ta, tb, <int>j.M, <int>j.N, <int>j.K, 1.0, <const double*>j.a, <int>j.lda,
-                         <const double*>j.b, <int>j.ldb, j.beta, <double*>j.c, <int>j.ldc)
+    if M <= 0 or N <= 0:
+        return
+    ta = 112 if ta_ else 111                         # CblasTrans / CblasNoTrans; row major (101)
+    tb = 112 if tb_ else 111
+    if f64:
+        if _dgemm != NULL:
+            _dgemm(101, ta, tb, M, N, K, 1.0, <const double*>a, lda, <const double*>b, ldb, beta,
+                   <double*>c, ldc)
         else:
-            if _own and minissd_own_sgemm(j.ta, j.tb, j.M, j.N, j.K, <const float*>j.a, j.lda,
-                                          <const float*>j.b, j.ldb, <float>j.beta, <float*>j.c, j.ldc, 1) == 0:
-                return
-            if _sgemm != NULL:
-                _sgemm(101, ta, tb, j.M, j.N, j.K, 1.0, <const float*>j.a, j.lda, <const float*>j.b,
-                       j.ldb, <float>j.beta, <float*>j.c, j.ldc)
-            else:
-                _sgemm32(101, ta, tb, <int>j.M, <int>j.N, <int>j.K, 1.0, <const float*>j.a, <int>j.lda,
-                         <const float*>j.b, <int>j.ldb, <float>j.beta, <float*>j.c, <int>j.ldc)
+            _dgemm32(101, ta, tb, <int>M, <int>N, <int>K, 1.0, <const double*>a, <int>lda,
+                     <const double*>b, <int>ldb, beta, <double*>c, <int>ldc)
+    else:
+        if _own and minissd_own_sgemm(ta_, tb_, M, N, K, <const float*>a, lda, <const float*>b, ldb,
+                                      <float>beta, <float*>c, ldc, 1) == 0:
+            return
+        if _sgemm != NULL:
+            _sgemm(101, ta, tb, M, N, K, 1.0, <const float*>a, lda, <const float*>b, ldb, <float>beta,
+                   <float*>c, ldc)
+        else:
+            _sgemm32(101, ta, tb, <int>M, <int>N, <int>K, 1.0, <const float*>a, <int>lda,
+                     <const float*>b, <int>ldb, <float>beta, <float*>c, <int>ldc)
+
+
+cdef void _conv_fwd_blocks(const floating* x, const floating* W, const floating* bias, floating* y,
+                           floating* col, floating* yt, Job* j) noexcept nogil:
+    """Blocks start..stop-1 of m images: unroll each into this job's columns (R, mm, P), one GEMM
+    yt (F, mm*P) = W (F, R) @ col, then y[n0 + i, f, :] = yt[f, i, :] (+ bias[f]); as
+    Conv2d._forward_blocks."""
+    cdef Py_ssize_t N = j.g[0], C = j.g[1], H = j.g[2], Wd = j.g[3]
+    cdef Py_ssize_t m = j.h[0], F = j.h[1], P = j.h[2], R = C * j.g[4] * j.g[5]
+    cdef Py_ssize_t blk, n0, mm, i, f, q
+    cdef const floating* src
+    cdef floating* dst
+    cdef floating bf
+    for blk in range(j.start, j.stop):
+        n0 = blk * m
+        mm = min(N, n0 + m) - n0
+        _im2col_range(x + n0 * C * H * Wd, col, mm, C, H, Wd, j.g[4], j.g[5], j.g[6], j.g[7], j.g[8], j.g[9],
+                      j.g[10], j.g[11], True, 0, mm * R)
+        _gemm_any(floating is double, False, False, F, mm * P, R, W, R, col, mm * P, 0.0, yt, mm * P)
+        for i in range(mm):
+            for f in range(F):
+                src = yt + (f * mm + i) * P
+                dst = y + ((n0 + i) * F + f) * P
+                if bias == NULL:
+                    memcpy(dst, src, P * sizeof(floating))
+                else:
+                    bf = bias[f]
+                    for q in range(P):
+                        dst[q] = src[q] + bf
+
+
+cdef void _conv_bwd_blocks(const floating* x, const floating* W, const floating* dy, floating* dx,
+                           floating* col, floating* dyt, floating* dW_parts, floating* db_parts,
+                           Job* j) noexcept nogil:
+    """Backward of blocks start..stop-1, as Conv2d._backward_blocks for one layer: unroll the block
+    again, dyt (F, mm, P) from dy, the block's db (row sums, in double) and dW = dyt @ col.T into its
+    parts, then (want dx) col = W.T @ dyt and col2im into dx."""
+    cdef Py_ssize_t N = j.g[0], C = j.g[1], H = j.g[2], Wd = j.g[3]
+    cdef Py_ssize_t m = j.h[0], F = j.h[1], P = j.h[2], R = C * j.g[4] * j.g[5]
+    cdef Py_ssize_t blk, n0, mm, i, f, q
+    cdef double acc
+    cdef const floating* src
+    for blk in range(j.start, j.stop):
+        n0 = blk * m
+        mm = min(N, n0 + m) - n0
+        _im2col_range(x + n0 * C * H * Wd, col, mm, C, H, Wd, j.g[4], j.g[5], j.g[6], j.g[7], j.g[8], j.g[9],
+                      j.g[10], j.g[11], True, 0, mm * R)
+        for f in range(F):
+            acc = 0.0
+            for i in range(mm):
+                src = dy + ((n0 + i) * F + f) * P
+                memcpy(dyt + (f * mm + i) * P, src, P * sizeof(floating))
+                for q in range(P):
+                    acc = acc + src[q]
+            db_parts[blk * F + f] = <floating>acc
+        _gemm_any(floating is double, False, True, F, R, mm * P, dyt, mm * P, col, mm * P, 0.0,
+                  dW_parts + blk * F * R, R)
+        if j.h[3]:
+            _gemm_any(floating is double, True, False, R, mm * P, F, W, R, dyt, mm * P, 0.0, col, mm * P)
+            _col2im_range(col, dx + n0 * C * H * Wd, mm, C, H, Wd, j.g[4], j.g[5], j.g[6], j.g[7], j.g[8],
+                          j.g[9], j.g[10], j.g[11], True, 0, mm * C)
+
+
+cdef void _do_job(Job* j) noexcept nogil:
+    if j.kind == JOB_GEMM:
+        _gemm_any(j.f64, j.ta, j.tb, j.M, j.N, j.K, j.a, j.lda, j.b, j.ldb, j.beta, j.c, j.ldc)
+    elif j.kind == JOB_CONV_FWD:
+        if j.f64:
+            _conv_fwd_blocks[double](<const double*>j.p[0], <const double*>j.p[1], <const double*>j.bias,
+                                     <double*>j.p[2], <double*>j.p[4], <double*>j.p[5], j)
+        else:
+            _conv_fwd_blocks[float](<const float*>j.p[0], <const float*>j.p[1], <const float*>j.bias,
+                                    <float*>j.p[2], <float*>j.p[4], <float*>j.p[5], j)
+    elif j.kind == JOB_CONV_BWD:
+        if j.f64:
+            _conv_bwd_blocks[double](<const double*>j.p[0], <const double*>j.p[1], <const double*>j.p[2],
+                                     <double*>j.p[3], <double*>j.p[4], <double*>j.p[5], <double*>j.p[6],
+                                     <double*>j.p[7], j)
+        else:
+            _conv_bwd_blocks[float](<const float*>j.p[0], <const float*>j.p[1], <const float*>j.p[2],
+                                    <float*>j.p[3], <float*>j.p[4], <float*>j.p[5], <float*>j.p[6],
+                                    <float*>j.p[7], j)
     elif j.kind == JOB_IM2COL or j.kind == JOB_COL2IM:
         if j.kind == JOB_IM2COL and j.f64:
             _im2col_range[double](<const double*>j.a, <double*>j.c, j.g[0], j.g[1], j.g[2], j.g[3], j.g[4],
@@ -884,3 +974,65 @@ def own_sgemm(const float[:, :] A, const float[:, :] B, float[:, :] C, float bet
                                lda, &B[0, 0] if B.shape[0] else NULL, ldb, beta, &C[0, 0], ldc, simd)
     if rc != 0:
         raise MemoryError("own_sgemm: no memory for the packing buffers")
+
+
+# --------------------------------------------------------------------------------------------------
+# Conv2d's blocked path as C jobs on the fork-join pool (minissd/nn/conv.py, Conv2d._forward_blocks /
+# _backward_blocks are the Python twins): one job per range of blocks, each with its own scratch.
+# --------------------------------------------------------------------------------------------------
+cdef size_t _addr(a):
+    return 0 if a is None else <size_t>a.__array_interface__["data"][0]
+
+
+cdef int _conv_block_jobs(int kind, x, W2d, bias, y, dx, col, scratch, dW_parts, db_parts, tuple geometry,
+                          Py_ssize_t m, Py_ssize_t P, list bounds) except -1:
+    cdef Job jobs[MAXJOBS]
+    cdef int n = _fill(bounds), t, i
+    cdef Py_ssize_t geo[12]
+    cdef size_t isz = x.itemsize
+    cdef Py_ssize_t F = W2d.shape[0]
+    cdef size_t cstride = col.strides[0], sstride = scratch.strides[0]
+    if len(geometry) != 12:
+        raise ValueError("conv block jobs: geometry is (N, C, H, W, KH, KW, SH, SW, PH, PW, DH, DW)")
+    for i in range(12):
+        geo[i] = geometry[i]
+    if col.shape[0] < n or scratch.shape[0] < n:
+        raise ValueError(f"conv block jobs: scratch for {n} jobs needed, got {col.shape[0]} and {scratch.shape[0]}")
+    for arr in (x, W2d, y, col, scratch):
+        if arr.dtype != x.dtype or not arr.flags.c_contiguous:
+            raise ValueError("conv block jobs: every array must be C-contiguous and of x's dtype")
+    for t in range(n):
+        jobs[t].kind = kind
+        jobs[t].f64 = isz == 8
+        jobs[t].start, jobs[t].stop = bounds[t], bounds[t + 1]
+        memcpy(jobs[t].g, geo, sizeof(geo))
+        jobs[t].h[0], jobs[t].h[1], jobs[t].h[2], jobs[t].h[3] = m, F, P, dx is not None
+        jobs[t].bias = <const void*>_addr(bias)
+        jobs[t].p[0] = <void*>_addr(x)
+        jobs[t].p[1] = <void*>_addr(W2d)
+        jobs[t].p[2] = <void*>_addr(y)
+        jobs[t].p[3] = <void*>_addr(dx)
+        jobs[t].p[4] = <void*>(_addr(col) + <size_t>t * cstride)
+        jobs[t].p[5] = <void*>(_addr(scratch) + <size_t>t * sstride)
+        jobs[t].p[6] = <void*>_addr(dW_parts)
+        jobs[t].p[7] = <void*>_addr(db_parts)
+    with nogil:
+        _run_region(jobs, n)
+    return 0
+
+
+def pool_conv_forward_blocks(x, W2d, bias, y, col, yt, tuple geometry, Py_ssize_t m, Py_ssize_t P, list bounds):
+    """y (N, F, P) of the convolution of x (N, C, H, W) by W2d (F, R) (+ bias (F,) or None), blocks of
+    ``m`` images, job t running the blocks of range t of ``bounds`` with scratch ``col[t]`` (R*m*P
+    values) and ``yt[t]`` (F*m*P). Every array C-contiguous, one dtype; the caller checks shapes."""
+    _conv_block_jobs(JOB_CONV_FWD, x, W2d, bias, y, None, col, yt, None, None, geometry, m, P, bounds)
+
+
+def pool_conv_backward_blocks(x, W2d, dy, dx, col, dyt, dW_parts, db_parts, tuple geometry, Py_ssize_t m,
+                              Py_ssize_t P, list bounds):
+    """Backward of `pool_conv_forward_blocks`: dW_parts[blk] (F, R) and db_parts[blk] (F,) of each block
+    and, unless ``dx`` is None, dx (N, C, H, W). dy is (N, F, P)."""
+    for arr in (dy, dW_parts, db_parts) + (() if dx is None else (dx,)):
+        if arr.dtype != x.dtype or not arr.flags.c_contiguous:
+            raise ValueError("conv block jobs: every array must be C-contiguous and of x's dtype")
+    _conv_block_jobs(JOB_CONV_BWD, x, W2d, None, dy, dx, col, dyt, dW_parts, db_parts, geometry, m, P, bounds)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import given, requires_torch, settings, st
+from conftest import given, requires_torch, settings, st, threads_set_to
 from minissd.backend import to_cpu
 from minissd.nn import (
     Conv2d,
@@ -679,6 +679,39 @@ def test_blocked_group_and_no_input_grad_match_separate_references(sum_dx, rng, 
     first.forward(x)
     assert first.backward(dya) is None
     np.testing.assert_allclose(first.grads["W"], conv_backward_ref(x, first.params["W"], dya, 1, 1)[1], atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("per_block, bias, input_grad", [(1, True, True), (2, False, True), (2, True, False)])
+def test_blocked_path_c_jobs_are_the_python_twin(dtype, threads, per_block, bias, input_grad, rng, monkeypatch):
+    """The blocked path's C jobs (csrc/im2col.pyx, on the fork-join pool) against its Python twin
+    (Conv2d._forward_blocks/_backward_blocks' numpy code, the pool switched off): y, dx, dW, db."""
+    from minissd.nn import threads as threads_mod
+
+    x = rng.standard_normal((7, 3, 9, 8)).astype(dtype)
+    dy = rng.standard_normal((7, 5, 5, 4)).astype(dtype)
+    b = rng.standard_normal(5)
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setitem(threads_mod._FORK_JOIN, "enabled", enabled)
+        with threads_set_to(threads):
+            conv = Conv2d(3, 5, 3, stride=2, padding=1, bias=bias, input_grad=input_grad,
+                          rng=np.random.default_rng(1)).astype(dtype)
+            if bias:
+                conv.params["b"][...] = b
+            monkeypatch.setattr(conv_mod, "BLOCK_BYTES", per_block * 27 * 20 * x.itemsize)
+            assert conv._blocked(np, 7, 27, 20, x.itemsize, 5) == per_block
+            assert (threads_mod.c_jobs() is not None) == enabled
+            y = conv.forward(x).copy()
+            dx = conv.backward(dy)
+            results.append([y, dx, conv.grads["W"].copy()] + ([conv.grads["b"].copy()] if bias else []))
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for c, py in zip(*results, strict=True):
+        if py is None:
+            assert c is None
+        else:
+            np.testing.assert_allclose(c, py, rtol=tol, atol=tol * float(np.abs(py).max()))
 
 
 def test_blocked_path_is_bitwise_the_same_for_any_thread_count_and_accumulates(rng, monkeypatch):

@@ -17,6 +17,7 @@ from minissd.nn import (
     im2col,
 )
 from minissd.nn import conv as conv_mod
+from minissd.nn import threads as threads_mod
 from minissd.nn.conv import conv_group_backward, conv_group_forward
 
 im2col_mod = importlib.import_module("minissd.nn.im2col")   # the package exports the function under that name
@@ -149,7 +150,9 @@ def test_blocked_group_sum_of_dx_with_blocks_of_several_images(rng, monkeypatch)
 def test_blocked_path_unrolls_each_block_once_on_several_threads(rng, monkeypatch, three_threads):
     """Each thread takes its own range of blocks: forward and backward unroll every block exactly once.
     Kills `range(first, last)` -> `range(last)` in _forward_blocks / _backward_blocks (with one thread
-    the two are the same; with several, later threads redo earlier blocks and race on their dx)."""
+    the two are the same; with several, later threads redo earlier blocks and race on their dx). The
+    Python twin of the blocked path (the C block jobs are switched off with the fork-join pool)."""
+    monkeypatch.setitem(threads_mod._FORK_JOIN, "enabled", False)
     conv = Conv2d(3, 4, 3, padding=1, rng=rng).astype(np.float64)
     x = rng.standard_normal((6, 3, 5, 5))
     _block_bytes_for(monkeypatch, conv, x, 1)
@@ -354,8 +357,6 @@ def test_fork_join_gemms_split_by_columns_rows_and_k_on_several_threads(rng, mon
     wide) and by columns, _gemm_nt by rows (K < F) and by K with its parts added in order. Kills
     _gemm_nt's `parts[2:]`, `acc - p` and parts of shape (n, K, R); small test layers run these
     GEMMs as one range."""
-    from minissd.nn import threads as threads_mod
-
     assert threads_mod.fork_join() is not None
     monkeypatch.setattr(conv_mod, "_GEMM_GRAIN", 8)
     for shape_a, shape_b in (((30, 5), (5, 4)), ((4, 5), (5, 30))):

@@ -48,7 +48,7 @@ from .gemm import matmul
 from .im2col import col2im, conv_geometry, im2col
 from .init import init_weight
 from .module import Module
-from .threads import cpu_kernels, fork_join, parallel_for, parallel_sum, split
+from .threads import c_jobs, cpu_kernels, fork_join, parallel_for, parallel_sum, split
 
 # Column buffers above this many bytes are not kept from forward to backward: backward unrolls the
 # input again, one chunk of images at a time. Below it, keeping the buffer saves an im2col per step.
@@ -366,10 +366,27 @@ class Conv2d(Module):
         cpu_kernels().im2col(x[n0:n0 + mm], col, KH, KW, SH, SW, PH, PW, DH, DW, True, 0, mm * R)
         return n0, mm, col
 
+    def _geometry(self, x):
+        return (*x.shape, *self.kernel_size, *self.stride, *self.padding, *self.dilation)
+
+    def _block_scratch(self, name, jobs, size, dtype):
+        """``jobs`` scratch rows of ``size`` values for the C block jobs (from the shared workspace)."""
+        return self.workspace.get(np, name, (jobs, size), dtype)
+
     def _forward_blocks(self, x, W2d, b, y, m):
         N = x.shape[0]
         F, R = W2d.shape
         P = y.shape[2]
+        fj = c_jobs()
+        if fj is not None:       # the blocks as C jobs on the fork-join pool (csrc/im2col.pyx)
+            bounds = split(-(-N // m))
+            jobs = len(bounds) - 1
+            fj.pool_conv_forward_blocks(x, np.ascontiguousarray(W2d), None if b is None else
+                                        np.ascontiguousarray(b.reshape(-1)), y,
+                                        self._block_scratch("jcol", jobs, R * m * P, x.dtype),
+                                        self._block_scratch("jy", jobs, F * m * P, x.dtype),
+                                        self._geometry(x), m, P, bounds)
+            return
 
         def job(first, last):
             for blk in range(first, last):
@@ -416,7 +433,18 @@ class Conv2d(Module):
                         matmul(W_all[f0:f0 + F].T, dyt2[f0:f0 + F], out=col2d)
                         k.col2im(col, dxs[i][n0:n0 + mm], KH, KW, SH, SW, PH, PW, DH, DW, True, 0, mm * C)
 
-        parallel_for(nb, job)
+        fj = c_jobs()
+        if fj is not None and len(layers) == 1:     # one layer: the blocks as C jobs (csrc/im2col.pyx)
+            bounds = split(nb)
+            jobs = len(bounds) - 1
+            dW_parts = np.empty((nb, Ft, R), x.dtype)
+            db_parts = np.empty((nb, Ft), x.dtype)
+            fj.pool_conv_backward_blocks(x, np.ascontiguousarray(W_all), np.ascontiguousarray(dys[0]), dxs[0],
+                                         self._block_scratch("jcol", jobs, R * m * P, x.dtype),
+                                         self._block_scratch("jy", jobs, Ft * m * P, x.dtype),
+                                         dW_parts, db_parts, self._geometry(x), m, P, bounds)
+        else:
+            parallel_for(nb, job)
         dW, db = dW_parts[0], db_parts[0]
         for blk in range(1, nb):                 # block order: the same sum whatever the threads
             dW = dW + dW_parts[blk]

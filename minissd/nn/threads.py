@@ -202,6 +202,23 @@ def fork_join():
     return k
 
 
+def c_jobs():
+    """The compiled kernels ready to run C jobs (`fork_join`'s pool when there are several threads; in
+    the calling thread, serially, when there is one), or None where numpy's BLAS entry points are not
+    found (or the fork-join pool is switched off). Conv2d's blocked path runs on it at every thread
+    count, so that its sums are the same bits whatever the number of threads."""
+    k = fork_join()
+    if k is not None or not _FORK_JOIN["enabled"]:
+        return k
+    k = cpu_kernels()
+    if _FORK_JOIN["blas"] is None:
+        _FORK_JOIN["blas"] = _blas_gemm_entry_points()
+        if _FORK_JOIN["blas"]:
+            blas = _FORK_JOIN["blas"]
+            k.pool_setup(blas[0], blas[1], blas[2], SPIN_SECONDS)
+    return k if _FORK_JOIN["blas"] else None
+
+
 def set_gemm(kind: str = "auto") -> str:
     """Choose the float32 GEMM of the CPU layers; returns the one in use ("blas" or "avx512").
 
