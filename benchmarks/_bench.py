@@ -228,23 +228,39 @@ def rounds_for(repeats: int, round_seconds: float, min_seconds: float, max_round
     return max(repeats, min(max_rounds, need))
 
 
+#: Back-to-back calls of one side per round (`interleaved`'s ``burst``): the first ``BURST[0]`` untimed,
+#: then ``BURST[1]`` timed, their median the round's time. Measured on a 2-core Zen 5 VM (session 6,
+#: benchmarks/RESULTS.md): a 2-thread minissd conv call right after a torch call ran 12.2 ms with
+#: torch's OpenMP workers still spinning (20 ms after the call) and 8.6 ms with OMP_WAIT_POLICY=passive,
+#: while torch itself, called after a 0.2 s pause, took 18.4 ms instead of 6.6: a single call after a
+#: pause times the other side's leftover threads or a cold start, not the kernels. In bursts each side
+#: is timed warm and alone, as in a training loop; the sides still alternate round by round.
+BURST = (2, 3)
+
+
 def interleaved(fns, repeats: int, clock: str = "wall", warmup: int = 1, settle: float | None = None,
-                min_seconds: float = 0.0, max_rounds: int = MAX_ROUNDS):
-    """Seconds per call of each function in ``fns``, measured in rounds: one call of each, in order,
-    per round, after ``warmup`` untimed rounds, each timed call after a pause of ``settle`` seconds
-    (default `SETTLE_S`). Returns one list of times per function: ``repeats`` of them, or more when
+                min_seconds: float = 0.0, max_rounds: int = MAX_ROUNDS, burst=None):
+    """Seconds per call of each function in ``fns``, measured in rounds: in each round each function in
+    turn, after a pause of ``settle`` seconds (default `SETTLE_S`), is called ``burst[0]`` times untimed
+    and ``burst[1]`` times timed, back to back (the round's time: the median of those; ``burst`` None is
+    (0, 1), one timed call; `BURST` is what the conv and model tables use), after ``warmup`` untimed
+    rounds. Returns one list of times per function: ``repeats`` of them, or more when
     ``min_seconds`` asks for it (`rounds_for`, from the last warm-up round's time): short calls are
     noisy on a small VM (a few-millisecond call spreads 1.5-3x between rounds), and their median
     settles only with more rounds; a long call keeps ``repeats``."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    untimed, timed = (0, 1) if burst is None else (int(burst[0]), int(burst[1]))
+    if untimed < 0 or timed < 1:
+        raise ValueError(f"burst must be (untimed >= 0, timed >= 1), got {burst}")
     settle = SETTLE_S if settle is None else float(settle)
     now = timer(clock)
     round_seconds = 0.0
     for _ in range(max(2, warmup) if min_seconds else warmup):   # the last warm-up round is timed
         t0 = now()
         for f in fns:
-            f()
+            for _ in range(untimed + timed):
+                f()
         round_seconds = now() - t0
     repeats = rounds_for(repeats, round_seconds, min_seconds, max_rounds)
     times = [[] for _ in fns]
@@ -252,9 +268,14 @@ def interleaved(fns, repeats: int, clock: str = "wall", warmup: int = 1, settle:
         for i, f in enumerate(fns):
             if settle > 0:
                 time.sleep(settle)
-            t0 = now()
-            f()
-            times[i].append(now() - t0)
+            for _ in range(untimed):
+                f()
+            calls = []
+            for _ in range(timed):
+                t0 = now()
+                f()
+                calls.append(now() - t0)
+            times[i].append(statistics.median(calls))
     return times
 
 

@@ -13,7 +13,8 @@ n times in the sum. The first layer is timed as in training: no dL/d(image) on e
 
 Both sides compute y, dL/dW, dL/db (and dL/dx) of the same float32 input and upstream gradient. The
 rules of benchmarks/_bench.py apply: interleaved rounds (minissd, torch, minissd, ...; at least 7, more
-for a short row until its calls add up to --min-seconds, at most 61), medians with
+for a short row until its calls add up to --min-seconds, at most 61), each side in a round a burst of
+back-to-back calls whose first two are untimed (`_bench.BURST`), medians with
 [min-max], the ratio as the median of per-round ratios, the load average before and after each
 table (rows marked BUSY and exit status 3 above 0.5 + threads, unless --allow-busy), and GFLOP/s
 (forward 2*N*F*OH*OW*C*KH*KW, backward twice that) next to the fp32 peak of the cores in use.
@@ -136,7 +137,8 @@ def run_table(model, rows, batch, threads, repeats, clock, peak, recorder, devic
     with _bench.LoadGuard(threads) as guard:
         for row, n in rows:
             ours, theirs, flops, conv = make_pair(row, batch, device)
-            a, b = _bench.interleaved([ours, theirs], repeats, clock, min_seconds=min_seconds)
+            a, b = _bench.interleaved([ours, theirs], repeats, clock, min_seconds=min_seconds,
+                                      burst=_bench.BURST)
             conv.clear_cache()
             sa, sb, r = _bench.Stat(a), _bench.Stat(b), _bench.ratio_stat(a, b)
             ratios.append(r.median)
@@ -183,6 +185,8 @@ def main(args) -> int:
     print(f"\n{_bench.machine_line(args.threads, args.gemm)}; torch {torch.__version__} ({platform.python_version()})")
     more = (f" (more for short rows: until a row's calls add up to {min_seconds:g} s, at most {_bench.MAX_ROUNDS})"
             if min_seconds else "")
+    print(f"each round: per side {_bench.BURST[0]} untimed calls, then the median of {_bench.BURST[1]} timed ones, "
+          f"back to back (_bench.BURST: each side warm and alone)")
     print(f"median [min-max] of {repeats} interleaved rounds{more}, {args.clock} clock; ratio = median of per-round "
           f"ratios [min-max]; GFLOP/s = (forward + backward flops) / median time")
     recorder = _bench.Recorder(args.allow_busy)

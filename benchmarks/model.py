@@ -11,7 +11,8 @@ minissd/model/torch_reference.py: the same layers and weights, built from the sa
 PyTorch's own CPU convolutions (oneDNN). torch.set_num_threads and minissd's set_num_threads get the
 same count.
 
-The rules of benchmarks/_bench.py apply: interleaved rounds (minissd, PyTorch, minissd, ...), medians
+The rules of benchmarks/_bench.py apply: interleaved rounds (minissd, PyTorch, minissd, ...; each side
+in a round a burst of back-to-back calls, the first two untimed, `_bench.BURST`), medians
 with [min-max], the ratio as the median of per-round ratios, the load average before and after each
 table (rows marked BUSY and exit status 3 above 0.5 + threads, unless --allow-busy), and the
 convolutions' GFLOP/s (forward 2*N*F*OH*OW*C*KH*KW, backward twice that, none for the image's
@@ -240,6 +241,8 @@ def main(args) -> int:
         cases.append(("ssd300", 21, args.ssd300_batch or 2))
     print(f"# minissd SSD vs its PyTorch twin {torch.__version__} (CPU), float32, training mode")
     print(f"\n{_bench.machine_line(args.threads, args.gemm)}; {platform.python_version()}")
+    print(f"each round: per side {_bench.BURST[0]} untimed calls, then the median of {_bench.BURST[1]} timed ones, "
+          f"back to back (_bench.BURST: each side warm and alone)")
     print(f"per image: median [min-max] of {repeats} interleaved rounds, {args.clock} clock; ratio = median of "
           f"per-round ratios [min-max]; GFLOP/s: the convolutions' flops / median time")
     recorder = _bench.Recorder(args.allow_busy)
@@ -253,7 +256,7 @@ def main(args) -> int:
             for name, m, batch in cases:
                 model, passes = cpu_case(name, m, batch)
                 for label, ours, theirs, flops in passes:
-                    a, b = _bench.interleaved([ours, theirs], repeats, args.clock)
+                    a, b = _bench.interleaved([ours, theirs], repeats, args.clock, burst=_bench.BURST)
                     sa, sb, r = _bench.Stat(a), _bench.Stat(b), _bench.ratio_stat(a, b)
                     pct = f"{100 * flops / sa.median / 1e9 / peak:.0f}" if peak else "n/a"
                     lines.append(f"| {name} | {batch} | {label} | {sa.fmt(1e3 / batch, 2)} | "

@@ -187,3 +187,13 @@ def test_gemm_script_compares_the_three_gemms():
 def test_gemm_script_is_single_threaded():
     out = _run(["benchmarks/gemm.py", "--threads", "2"])
     assert out.returncode != 0 and "--threads 1 only" in out.stderr
+
+
+def test_interleaved_bursts_time_only_the_last_calls_of_each_side():
+    calls = []
+    times = _bench.interleaved([lambda: calls.append("a"), lambda: calls.append("b")], 2, warmup=0, settle=0,
+                               burst=(2, 3))
+    assert calls == ["a"] * 5 + ["b"] * 5 + ["a"] * 5 + ["b"] * 5
+    assert [len(t) for t in times] == [2, 2]
+    with pytest.raises(ValueError, match="burst"):
+        _bench.interleaved([lambda: None], 1, burst=(0, 0))
