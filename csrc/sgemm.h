@@ -35,9 +35,15 @@
 
 #define MS_MR 8
 #define MS_NR 48
+#ifndef MS_KC                /* -DMS_KC=... to try other block sizes (benchmarks/gemm.py) */
 #define MS_KC 192
+#endif
+#ifndef MS_MC
 #define MS_MC 256            /* a multiple of MS_MR */
+#endif
+#ifndef MS_NC
 #define MS_NC 3072           /* a multiple of MS_NR */
+#endif
 
 /* 1 when this CPU (and its OS) runs AVX-512F, else 0. */
 static int minissd_own_sgemm_supported(void) {
@@ -249,6 +255,29 @@ __attribute__((target("avx512f")))
 static void ms_pack_b_simd(const float *b, long long ldb, int tb, long long k0, long long kc, long long j0,
                            long long nc, float *dst) {
     const long long kv = tb ? kc - kc % 16 : 0;
+    if (!tb) {                                         /* rows of 48 (the last panel masked, zero-padded) */
+        for (long long q = 0; q < nc; q += MS_NR) {
+            const long long cols = nc - q < MS_NR ? nc - q : MS_NR;
+            const __mmask16 m0 = ms_mask(cols), m1 = ms_mask(cols - 16), m2 = ms_mask(cols - 32);
+            float *d = dst + q * kc;
+            const float *s = b + k0 * ldb + j0 + q;
+            if (cols == MS_NR) {
+                for (long long k = 0; k < kc; ++k, s += ldb, d += MS_NR) {
+                    const __m512 v0 = _mm512_loadu_ps(s), v1 = _mm512_loadu_ps(s + 16), v2 = _mm512_loadu_ps(s + 32);
+                    _mm512_store_ps(d, v0);
+                    _mm512_store_ps(d + 16, v1);
+                    _mm512_store_ps(d + 32, v2);
+                }
+            } else {
+                for (long long k = 0; k < kc; ++k, s += ldb, d += MS_NR) {
+                    _mm512_store_ps(d, _mm512_maskz_loadu_ps(m0, s));
+                    _mm512_store_ps(d + 16, _mm512_maskz_loadu_ps(m1, s + 16));
+                    _mm512_store_ps(d + 32, _mm512_maskz_loadu_ps(m2, s + 32));
+                }
+            }
+        }
+        return;
+    }
     if (kv == 0) { ms_pack_b(b, ldb, tb, k0, kc, j0, nc, dst); return; }
     for (long long q = 0; q < nc; q += MS_NR) {
         const long long cols = nc - q < MS_NR ? nc - q : MS_NR;
