@@ -14,6 +14,7 @@ every output pixel ``(oh, ow)``, the input value ``x[n, c, oh*SH - PH + kh*DH, o
 (zero outside the image). The NumPy twins are minissd.nn.im2col.im2col_ref / col2im_ref.
 """
 from cython cimport floating
+import numpy as np
 from libc.string cimport memcpy, memset
 
 # Element-wise loops in plain C, written so that gcc -O3 if-converts and vectorises them (a Cython
@@ -520,6 +521,12 @@ cdef extern from "sgemm.h" nogil:
     int minissd_own_sgemm_supported()
     int minissd_own_sgemm(int ta, int tb, long long M, long long N, long long K, const float* a, long long lda,
                           const float* b, long long ldb, float beta, float* c, long long ldc, int simd)
+    int minissd_direct_conv_dw(const float* x, long long C, long long H, long long W, long long KH, long long KW,
+                               long long PH, long long PW, const float* dy, long long F, long long OH, long long OW,
+                               float* dW_parts, float* db_parts, long long n0, long long n1)
+    int minissd_direct_conv_fwd(const float* x, long long C, long long H, long long W, long long KH, long long KW,
+                                long long PH, long long PW, const float* w, long long F, const float* bias,
+                                float* y, long long OH, long long OW, long long n0, long long n1)
 
 cdef enum:
     MAXJOBS = 64            # at most 255: the pool's word keeps job counts in 8 bits
@@ -530,6 +537,8 @@ cdef enum:
     JOB_ROWS = 4
     JOB_CONV_FWD = 5        # blocks of images of a convolution, forward (Conv2d's blocked path)
     JOB_CONV_BWD = 6        # the same blocks, backward
+    JOB_DIRECT_FWD = 7      # a range of images of the direct convolution (csrc/sgemm.h), forward
+    JOB_DIRECT_DW = 8       # the same, its weight gradient
 
 ctypedef struct Job:
     int kind
@@ -691,6 +700,14 @@ cdef void _do_job(Job* j) noexcept nogil:
         else:
             _conv_fwd_blocks[float](<const float*>j.p[0], <const float*>j.p[1], <const float*>j.bias,
                                     <float*>j.p[2], <float*>j.p[4], <float*>j.p[5], j)
+    elif j.kind == JOB_DIRECT_FWD:
+        minissd_direct_conv_fwd(<const float*>j.p[0], j.g[1], j.g[2], j.g[3], j.g[4], j.g[5], j.g[8], j.g[9],
+                                <const float*>j.p[1], j.h[1], <const float*>j.bias, <float*>j.p[2], j.h[2],
+                                j.h[3], j.start, j.stop)
+    elif j.kind == JOB_DIRECT_DW:
+        minissd_direct_conv_dw(<const float*>j.p[0], j.g[1], j.g[2], j.g[3], j.g[4], j.g[5], j.g[8], j.g[9],
+                               <const float*>j.p[2], j.h[1], j.h[2], j.h[3], <float*>j.p[6], <float*>j.p[7],
+                               j.start, j.stop)
     elif j.kind == JOB_CONV_BWD:
         if j.f64:
             _conv_bwd_blocks[double](<const double*>j.p[0], <const double*>j.p[1], <const double*>j.p[2],
@@ -1036,3 +1053,78 @@ def pool_conv_backward_blocks(x, W2d, dy, dx, col, dyt, dW_parts, db_parts, tupl
         if arr.dtype != x.dtype or not arr.flags.c_contiguous:
             raise ValueError("conv block jobs: every array must be C-contiguous and of x's dtype")
     _conv_block_jobs(JOB_CONV_BWD, x, W2d, None, dy, dx, col, dyt, dW_parts, db_parts, geometry, m, P, bounds)
+
+
+def pool_direct_conv_forward(const float[:, :, :, ::1] x, const float[:, :, :, ::1] W, bias,
+                             float[:, :, :, ::1] y, Py_ssize_t PH, Py_ssize_t PW, list bounds):
+    """y (N, F, OH, OW) = the stride-1 convolution of x (N, C, H, W) by W (F, C, KH, KW), padded by
+    (PH, PW), plus ``bias`` ((F,) float32 or None), by the direct AVX-512 kernel of csrc/sgemm.h for
+    3x3 kernels on at most 3 channels; image ranges from ``bounds``. RuntimeError where it cannot run."""
+    cdef Job jobs[MAXJOBS]
+    cdef int n = _fill(bounds), t
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], Wd = x.shape[3]
+    cdef Py_ssize_t F = W.shape[0], KH = W.shape[2], KW = W.shape[3]
+    cdef Py_ssize_t OH = H + 2 * PH - KH + 1, OW = Wd + 2 * PW - KW + 1
+    if not own_sgemm_supported():
+        raise RuntimeError("the direct convolution needs a CPU with AVX-512F")
+    if W.shape[1] != C or (KH, KW) != (3, 3) or C > 3 or PH < 0 or PW < 0:
+        raise ValueError(f"pool_direct_conv_forward: weights {(W.shape[0], W.shape[1], KH, KW)} on {C} channels "
+                         f"(a 3x3 kernel on at most 3 channels)")
+    if (y.shape[0], y.shape[1], y.shape[2], y.shape[3]) != (N, F, OH, OW):
+        raise ValueError(f"pool_direct_conv_forward: y must be {(N, F, OH, OW)}, got "
+                         f"{(y.shape[0], y.shape[1], y.shape[2], y.shape[3])}")
+    if bias is not None and (bias.dtype != np.float32 or bias.shape != (F,) or not bias.flags.c_contiguous):
+        raise ValueError("pool_direct_conv_forward: bias must be a contiguous float32 (F,) array or None")
+    if N == 0 or F == 0 or OH <= 0 or OW <= 0:
+        return
+    for t in range(n):
+        jobs[t].kind = JOB_DIRECT_FWD
+        jobs[t].f64 = False
+        jobs[t].start, jobs[t].stop = bounds[t], bounds[t + 1]
+        jobs[t].g[1], jobs[t].g[2], jobs[t].g[3], jobs[t].g[4], jobs[t].g[5] = C, H, Wd, KH, KW
+        jobs[t].g[8], jobs[t].g[9] = PH, PW
+        jobs[t].h[1], jobs[t].h[2], jobs[t].h[3] = F, OH, OW
+        jobs[t].p[0] = <void*>&x[0, 0, 0, 0]
+        jobs[t].p[1] = <void*>&W[0, 0, 0, 0]
+        jobs[t].p[2] = <void*>&y[0, 0, 0, 0]
+        jobs[t].bias = <const void*>_addr(bias)
+    with nogil:
+        _run_region(jobs, n)
+
+
+def pool_direct_conv_dw(const float[:, :, :, ::1] x, Py_ssize_t KH, Py_ssize_t KW, const float[:, :, :, ::1] dy,
+                        float[:, :, ::1] dW_parts, float[:, ::1] db_parts, Py_ssize_t PH, Py_ssize_t PW,
+                        list bounds):
+    """The weight gradient of `pool_direct_conv_forward`: dW_parts[n] (F, C*KH*KW) and db_parts[n] (F,)
+    of each image n of x (N, C, H, W) for dy (N, F, OH, OW), 3x3 kernels on at most 3 channels, image
+    ranges from ``bounds``."""
+    cdef Job jobs[MAXJOBS]
+    cdef int n = _fill(bounds), t
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], Wd = x.shape[3], F = dy.shape[1]
+    cdef Py_ssize_t OH = H + 2 * PH - KH + 1, OW = Wd + 2 * PW - KW + 1
+    if not own_sgemm_supported():
+        raise RuntimeError("the direct convolution needs a CPU with AVX-512F")
+    if (KH, KW) != (3, 3) or C > 3 or PH < 0 or PW < 0:
+        raise ValueError(f"pool_direct_conv_dw: a {KH}x{KW} kernel on {C} channels (a 3x3 kernel on at most 3 "
+                         f"channels)")
+    if (dy.shape[0], dy.shape[2], dy.shape[3]) != (N, OH, OW):
+        raise ValueError(f"pool_direct_conv_dw: dy must be {(N, F, OH, OW)}, got "
+                         f"{(dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3])}")
+    if (dW_parts.shape[0], dW_parts.shape[1], dW_parts.shape[2]) != (N, F, C * KH * KW) or \
+            (db_parts.shape[0], db_parts.shape[1]) != (N, F):
+        raise ValueError("pool_direct_conv_dw: dW_parts must be (N, F, C*KH*KW) and db_parts (N, F)")
+    if N == 0 or F == 0:
+        return
+    for t in range(n):
+        jobs[t].kind = JOB_DIRECT_DW
+        jobs[t].f64 = False
+        jobs[t].start, jobs[t].stop = bounds[t], bounds[t + 1]
+        jobs[t].g[1], jobs[t].g[2], jobs[t].g[3], jobs[t].g[4], jobs[t].g[5] = C, H, Wd, KH, KW
+        jobs[t].g[8], jobs[t].g[9] = PH, PW
+        jobs[t].h[1], jobs[t].h[2], jobs[t].h[3] = F, OH, OW
+        jobs[t].p[0] = <void*>&x[0, 0, 0, 0]
+        jobs[t].p[2] = <void*>&dy[0, 0, 0, 0]
+        jobs[t].p[6] = <void*>&dW_parts[0, 0, 0]
+        jobs[t].p[7] = <void*>&db_parts[0, 0]
+    with nogil:
+        _run_region(jobs, n)

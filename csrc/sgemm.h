@@ -72,6 +72,18 @@ static float *ms_workspace(void) {
     return w;
 }
 
+/* d[k*width + r] = s[r*ld + k] for the first ``used`` rows r of s, zero for the rest of the width,
+   k < kc: ``width`` source rows interleaved value by value (a transpose into a panel). */
+static void ms_interleave(float *d, long long width, long long used, const float *s, long long ld, long long kc) {
+    for (long long r = 0; r < width; ++r) {
+        if (r < used) {
+            for (long long k = 0; k < kc; ++k) d[k * width + r] = s[r * ld + k];
+        } else {
+            for (long long k = 0; k < kc; ++k) d[k * width + r] = 0.0f;
+        }
+    }
+}
+
 /* A(i, k) for i in [i0, i0+mc), k in [k0, k0+kc) into panels of MS_MR rows: panel p holds
    dst[p*kc*MR + k*MR + r] = A(i0 + p*MR + r, k0 + k), zero for rows past mc. A(i, k) is a[i*lda + k],
    or a[k*lda + i] when ta. */
@@ -88,14 +100,7 @@ static void ms_pack_a(const float *a, long long lda, int ta, long long i0, long 
                 for (; r < MS_MR; ++r) d[k * MS_MR + r] = 0.0f;
             }
         } else {
-            for (long long r = 0; r < MS_MR; ++r) {
-                if (r < rows) {
-                    const float *s = a + (i0 + p + r) * lda + k0;
-                    for (long long k = 0; k < kc; ++k) d[k * MS_MR + r] = s[k];
-                } else {
-                    for (long long k = 0; k < kc; ++k) d[k * MS_MR + r] = 0.0f;
-                }
-            }
+            ms_interleave(d, MS_MR, rows, a + (i0 + p) * lda + k0, lda, kc);
         }
     }
 }
@@ -115,14 +120,7 @@ static void ms_pack_b(const float *b, long long ldb, int tb, long long k0, long 
                 if (cols < MS_NR) memset(d + k * MS_NR + cols, 0, (size_t)(MS_NR - cols) * sizeof(float));
             }
         } else {
-            for (long long c = 0; c < MS_NR; ++c) {
-                if (c < cols) {
-                    const float *s = b + (j0 + q + c) * ldb + k0;
-                    for (long long k = 0; k < kc; ++k) d[k * MS_NR + c] = s[k];
-                } else {
-                    for (long long k = 0; k < kc; ++k) d[k * MS_NR + c] = 0.0f;
-                }
-            }
+            ms_interleave(d, MS_NR, cols, b + (j0 + q) * ldb + k0, ldb, kc);
         }
     }
 }
@@ -295,7 +293,155 @@ static void ms_pack_b_simd(const float *b, long long ldb, int tb, long long k0, 
         }
     }
 }
+
+/* A direct 3x3 convolution for layers with at most three input channels (an RGB image's first layer),
+   stride 1, no dilation, float32: y[n, f, oh, ow] = bias[f] + sum over c, kh, kw of
+   w[f, c, kh, kw] * x[n, c, oh + kh - PH, ow + kw - PW] (zero outside the image), for images n0..n1-1.
+   im2col would write 27 values per output pixel for a GEMM with K = 27; here 16 output pixels of a
+   row sit in one register per filter (16 filters at a time, 16 named registers: written out so that
+   the compiler keeps them there), and each tap is one (masked) load of 16 input values and one FMA
+   per filter. */
+#define MS_F16(OP) OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11) OP(12) OP(13) OP(14) OP(15)
+/* lanes i of an output strip starting at ow0 whose input column ow0 + i + kw - PW lies inside [0, W) */
+static inline __mmask16 ms_in_row(__mmask16 out_mask, long long iw0, long long W) {
+    return out_mask & (__mmask16)(ms_mask(W - iw0) & ~ms_mask(iw0 < 0 ? -iw0 : 0));
+}
+
+__attribute__((target("avx512f")))
+static void ms_direct3_fwd(const float *x, long long C, long long H, long long W, long long PH, long long PW,
+                           const float *w, long long F, const float *bias, float *y, long long OH, long long OW,
+                           long long n0, long long n1) {
+    const long long R = C * 9;
+    float wg[16 * 27];                       /* this group's weights, zero rows past F */
+    for (long long f0 = 0; f0 < F; f0 += 16) {
+        const long long nf = F - f0 < 16 ? F - f0 : 16;
+        float bg[16];
+        for (long long f = 0; f < 16; ++f) {
+            bg[f] = f < nf && bias != NULL ? bias[f0 + f] : 0.0f;
+            for (long long r = 0; r < R; ++r) wg[f * 27 + r] = f < nf ? w[(f0 + f) * R + r] : 0.0f;
+        }
+        for (long long n = n0; n < n1; ++n) {
+            for (long long oh = 0; oh < OH; ++oh) {
+                for (long long ow0 = 0; ow0 < OW; ow0 += 16) {
+                    const __mmask16 out_mask = ms_mask(OW - ow0);
+#define MS_INIT(f) __m512 a##f = _mm512_set1_ps(bg[f]);
+                    MS_F16(MS_INIT)
+#undef MS_INIT
+                    for (long long c = 0; c < C; ++c) {
+                        for (long long kh = 0; kh < 3; ++kh) {
+                            const long long ih = oh + kh - PH;
+                            if (ih < 0 || ih >= H) continue;
+                            const float *row = x + ((n * C + c) * H + ih) * W;
+                            for (long long kw = 0; kw < 3; ++kw) {
+                                const long long iw0 = ow0 + kw - PW;
+                                const __m512 xv = _mm512_maskz_loadu_ps(ms_in_row(out_mask, iw0, W), row + iw0);
+                                const float *wt = wg + c * 9 + kh * 3 + kw;
+#define MS_FMA(f) a##f = _mm512_fmadd_ps(_mm512_set1_ps(wt[(f) * 27]), xv, a##f);
+                                MS_F16(MS_FMA)
+#undef MS_FMA
+                            }
+                        }
+                    }
+                    float *out = y + ((n * F + f0) * OH + oh) * OW + ow0;
+#define MS_STORE(f) if ((f) < nf) _mm512_mask_storeu_ps(out + (f) * OH * OW, out_mask, a##f);
+                    MS_F16(MS_STORE)
+#undef MS_STORE
+                }
+            }
+        }
+    }
+}
+
+/* Its weight gradient, for layers whose dL/dx is not wanted (the image's layer): for each image n in
+   n0..n1-1, dW_parts[n, f, c*9 + kh*3 + kw] = sum over oh, ow of dy[n, f, oh, ow] *
+   x[n, c, oh + kh - PH, ow + kw - PW] and db_parts[n, f] = sum of dy[n, f]. One part per image, so
+   that the caller adds them in image order whatever the threads. Two filters at a time: 2 x 9 named
+   accumulators of 16 output columns; each step loads 16 values of dy per filter and, per tap, 16
+   shifted input values. */
+__attribute__((target("avx512f")))
+static void ms_direct3_dw(const float *x, long long C, long long H, long long W, long long PH, long long PW,
+                          const float *dy, long long F, long long OH, long long OW, float *dW_parts, float *db_parts,
+                          long long n0, long long n1) {
+    const long long R = C * 9;
+    for (long long n = n0; n < n1; ++n) {
+        for (long long f = 0; f < F; f += 2) {
+            const int two = f + 1 < F;
+            const float *d0row = dy + (n * F + f) * OH * OW;
+            const float *d1row = two ? d0row + OH * OW : d0row;
+            __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+            for (long long c = 0; c < C; ++c) {
+#define MS_T9(OP) OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8)
+#define MS_ZERO(t) __m512 p##t = _mm512_setzero_ps(), q##t = _mm512_setzero_ps();
+                MS_T9(MS_ZERO)
+#undef MS_ZERO
+                for (long long oh = 0; oh < OH; ++oh) {
+                    const long long ih0 = oh - PH;
+                    const float *r0 = x + ((n * C + c) * H + ih0) * W, *r1 = r0 + W, *r2 = r1 + W;
+                    const int ok0 = ih0 >= 0 && ih0 < H, ok1 = ih0 + 1 >= 0 && ih0 + 1 < H;
+                    const int ok2 = ih0 + 2 >= 0 && ih0 + 2 < H;
+                    for (long long ow0 = 0; ow0 < OW; ow0 += 16) {
+                        const __mmask16 out_mask = ms_mask(OW - ow0);
+                        const __m512 d0 = _mm512_maskz_loadu_ps(out_mask, d0row + oh * OW + ow0);
+                        const __m512 d1 = _mm512_maskz_loadu_ps(out_mask, d1row + oh * OW + ow0);
+                        if (c == 0) { s0 = _mm512_add_ps(s0, d0); s1 = _mm512_add_ps(s1, d1); }
+#define MS_TAP(t, rowp, ok, kw)                                                                      \
+                        if (ok) {                                                                    \
+                            const long long iw0 = ow0 + (kw) - PW;                                   \
+                            const __m512 xv = _mm512_maskz_loadu_ps(ms_in_row(out_mask, iw0, W), rowp + iw0); \
+                            p##t = _mm512_fmadd_ps(d0, xv, p##t);                                    \
+                            q##t = _mm512_fmadd_ps(d1, xv, q##t);                                    \
+                        }
+                        MS_TAP(0, r0, ok0, 0) MS_TAP(1, r0, ok0, 1) MS_TAP(2, r0, ok0, 2)
+                        MS_TAP(3, r1, ok1, 0) MS_TAP(4, r1, ok1, 1) MS_TAP(5, r1, ok1, 2)
+                        MS_TAP(6, r2, ok2, 0) MS_TAP(7, r2, ok2, 1) MS_TAP(8, r2, ok2, 2)
+#undef MS_TAP
+                    }
+                }
+#define MS_OUT(t)                                                                                    \
+                dW_parts[(n * F + f) * R + c * 9 + (t)] = _mm512_reduce_add_ps(p##t);                \
+                if (two) dW_parts[(n * F + f + 1) * R + c * 9 + (t)] = _mm512_reduce_add_ps(q##t);
+                MS_T9(MS_OUT)
+#undef MS_OUT
+#undef MS_T9
+            }
+            db_parts[n * F + f] = _mm512_reduce_add_ps(s0);
+            if (two) db_parts[n * F + f + 1] = _mm512_reduce_add_ps(s1);
+        }
+    }
+}
+#undef MS_F16
 #endif  /* MINISSD_OWN_SGEMM */
+
+/* The two kernels above for 3x3 kernels on at most 3 channels; -1 where this build has no AVX-512 or the
+   layer is not of that kind. */
+static int minissd_direct_conv_fwd(const float *x, long long C, long long H, long long W, long long KH,
+                                   long long KW, long long PH, long long PW, const float *w, long long F,
+                                   const float *bias, float *y, long long OH, long long OW, long long n0,
+                                   long long n1) {
+#if MINISSD_OWN_SGEMM
+    if (KH != 3 || KW != 3 || C > 3) return -1;
+    ms_direct3_fwd(x, C, H, W, PH, PW, w, F, bias, y, OH, OW, n0, n1);
+    return 0;
+#else
+    (void)x; (void)C; (void)H; (void)W; (void)KH; (void)KW; (void)PH; (void)PW; (void)w; (void)F; (void)bias;
+    (void)y; (void)OH; (void)OW; (void)n0; (void)n1;
+    return -1;
+#endif
+}
+
+static int minissd_direct_conv_dw(const float *x, long long C, long long H, long long W, long long KH, long long KW,
+                                  long long PH, long long PW, const float *dy, long long F, long long OH,
+                                  long long OW, float *dW_parts, float *db_parts, long long n0, long long n1) {
+#if MINISSD_OWN_SGEMM
+    if (KH != 3 || KW != 3 || C > 3) return -1;
+    ms_direct3_dw(x, C, H, W, PH, PW, dy, F, OH, OW, dW_parts, db_parts, n0, n1);
+    return 0;
+#else
+    (void)x; (void)C; (void)H; (void)W; (void)KH; (void)KW; (void)PH; (void)PW; (void)dy; (void)F; (void)OH;
+    (void)OW; (void)dW_parts; (void)db_parts; (void)n0; (void)n1;
+    return -1;
+#endif
+}
 
 typedef void (*ms_kernel_t)(long long, const float *, const float *, float *, long long, long long, long long,
                             int, float);

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import given, requires_torch, settings, st, threads_set_to
+from conftest import gemm_set_to, given, own_gemm_supported, requires_torch, settings, st, threads_set_to
 from minissd.backend import to_cpu
 from minissd.nn import (
     Conv2d,
@@ -20,6 +20,7 @@ from minissd.nn import (
 from minissd.nn import conv as conv_mod
 from minissd.nn.conv import conv_group_backward, conv_group_forward
 from minissd.nn.init import fan_in, he_normal, init_weight, xavier_uniform
+from minissd.nn.threads import cpu_kernels
 from minissd.testing import check_layer_gradients, directional_check
 
 # (N, C, H, W, kernel, stride, padding, dilation): SSD's cases (3x3/s1/p1, 3x3/s2/p1 extras, 3x3/s1/p0
@@ -326,7 +327,14 @@ def test_workspace_grows_and_clears():
     assert len(ws) == 0 and ws.nbytes == 0
 
 
-def test_model_layers_share_one_workspace_and_clear_cache_releases_every_buffer(rng):
+@pytest.fixture
+def blas_gemm():
+    """The BLAS GEMM, so that a 3-channel first layer takes im2col (not the AVX-512 direct path)."""
+    with gemm_set_to("blas"):
+        yield
+
+
+def test_model_layers_share_one_workspace_and_clear_cache_releases_every_buffer(rng, blas_gemm):
     inner = Sequential([("c2", Conv2d(4, 4, 3, padding=1, rng=rng))])
     net = Sequential([("c1", Conv2d(3, 4, 3, padding=1, rng=rng))])
     net.add_child("inner", inner)                       # a subtree added later joins the root's workspace
@@ -347,7 +355,7 @@ def test_model_layers_share_one_workspace_and_clear_cache_releases_every_buffer(
     np.testing.assert_array_equal(net.forward(x), y)
 
 
-def test_chunked_scratch_lives_in_the_workspace(rng, monkeypatch):
+def test_chunked_scratch_lives_in_the_workspace(rng, monkeypatch, blas_gemm):
     conv = Conv2d(2, 3, 3, padding=1, rng=rng)
     monkeypatch.setattr(conv_mod, "CACHE_BYTES", 0)
     conv.forward(rng.standard_normal((3, 2, 5, 5)).astype(np.float32))
@@ -679,6 +687,75 @@ def test_blocked_group_and_no_input_grad_match_separate_references(sum_dx, rng, 
     first.forward(x)
     assert first.backward(dya) is None
     np.testing.assert_allclose(first.grads["W"], conv_backward_ref(x, first.params["W"], dya, 1, 1)[1], atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The direct forward of layers with few inputs per output (C*KH*KW <= 32, csrc/sgemm.h), AVX-512 only
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not own_gemm_supported(), reason="the direct convolution needs AVX-512F")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("input_grad", [False, True])
+@pytest.mark.parametrize("shape, F, k, p", [
+    ((3, 3, 128, 128), 16, 3, 1),    # the small model's conv1: rows of 8 full vectors
+    ((2, 3, 17, 5), 5, 3, 1),        # a row shorter than a vector, fewer filters than a register group
+    ((2, 1, 9, 33), 20, 3, 2),       # two filter groups (16 + 4), a row of 2 vectors + 1 lane
+    ((1, 2, 4, 3), 7, 3, 0),         # no padding: an output of 2x1
+    ((2, 3, 16, 16), 16, 3, 2),      # padding wider than the kernel's reach: a zero border
+    ((2, 3, 1, 1), 3, 3, 1),         # a 1x1 image
+    ((2, 3, 5, 40), 1, 3, 1),        # one filter (the dW kernel's filter pairs: a lone last one)
+])
+def test_direct_path_is_the_reference_and_the_gemm_path(threads, input_grad, shape, F, k, p, rng, monkeypatch):
+    """The direct path (`Conv2d._direct`: forward, and dW/db when dL/dx is not wanted) against the
+    float64 reference and against the im2col + GEMM path of the same layer (its twin, `_direct`
+    switched off)."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    with threads_set_to(threads), gemm_set_to("avx512"):
+        conv = Conv2d(shape[1], F, k, padding=p, rng=rng, input_grad=input_grad)
+        conv.params["b"][...] = rng.standard_normal(F)
+        assert conv._direct(np, x, conv.params["W"].reshape(F, -1))
+        y = conv.forward(x)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dx = conv.backward(dy)
+        monkeypatch.setattr(Conv2d, "_direct", lambda *a: False)
+        twin = Conv2d(shape[1], F, k, padding=p, rng=rng, input_grad=input_grad)
+        twin.params["W"][...] = conv.params["W"]
+        twin.params["b"][...] = conv.params["b"]
+        y_twin = twin.forward(x)
+        dx_twin = twin.backward(dy)
+    W64 = conv.params["W"].astype(np.float64)
+    ref = conv_forward_ref(x.astype(np.float64), W64, conv.params["b"].astype(np.float64), 1, p)
+    _, rdW, rdb = conv_backward_ref(x.astype(np.float64), W64, dy.astype(np.float64), 1, p)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, y_twin, rtol=1e-5, atol=1e-5)
+    if input_grad:
+        np.testing.assert_allclose(dx, dx_twin, rtol=1e-5, atol=1e-5)
+    else:
+        assert dx is None and dx_twin is None
+    scale = float(np.abs(rdW).max())
+    np.testing.assert_allclose(conv.grads["W"], rdW, rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(conv.grads["W"], twin.grads["W"], rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(conv.grads["b"], rdb, rtol=1e-5, atol=1e-5 * float(np.abs(rdb).max()))
+
+
+@pytest.mark.skipif(not own_gemm_supported(), reason="the direct convolution needs AVX-512F")
+def test_direct_forward_is_taken_only_where_it_applies(rng):
+    x3 = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with gemm_set_to("avx512"):
+        assert Conv2d(3, 16, 3, padding=1, rng=rng)._direct(np, x3, np.zeros((16, 27), np.float32))
+        assert not Conv2d(3, 16, 3, stride=2, rng=rng)._direct(np, x3, np.zeros((16, 27), np.float32))
+        assert not Conv2d(3, 16, 3, dilation=2, rng=rng)._direct(np, x3, np.zeros((16, 27), np.float32))
+        assert not Conv2d(4, 16, 3, rng=rng)._direct(np, x3, np.zeros((16, 36), np.float32))   # 4 channels
+        assert not Conv2d(3, 16, 1, rng=rng)._direct(np, x3, np.zeros((16, 3), np.float32))    # not 3x3
+        assert not Conv2d(3, 16, 3, rng=rng)._direct(np, x3.astype(np.float64), np.zeros((16, 27)))
+    with gemm_set_to("blas"):
+        assert not Conv2d(3, 16, 3, padding=1, rng=rng)._direct(np, x3, np.zeros((16, 27), np.float32))
+    k = cpu_kernels()
+    with pytest.raises(ValueError, match="a 3x3 kernel on at most 3 channels"):
+        k.pool_direct_conv_forward(np.zeros((1, 4, 5, 5), np.float32), np.zeros((2, 4, 3, 3), np.float32), None,
+                                   np.zeros((1, 2, 3, 3), np.float32), 0, 0, [0, 1])
+    with pytest.raises(ValueError, match="y must be"):
+        k.pool_direct_conv_forward(np.zeros((1, 3, 5, 5), np.float32), np.zeros((2, 3, 3, 3), np.float32), None,
+                                   np.zeros((1, 2, 5, 5), np.float32), 0, 0, [0, 1])
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -48,7 +48,7 @@ from .gemm import matmul
 from .im2col import col2im, conv_geometry, im2col
 from .init import init_weight
 from .module import Module
-from .threads import c_jobs, cpu_kernels, fork_join, parallel_for, parallel_sum, split
+from .threads import c_jobs, cpu_kernels, fork_join, get_gemm, parallel_for, parallel_sum, split
 
 # Column buffers above this many bytes are not kept from forward to backward: backward unrolls the
 # input again, one chunk of images at a time. Below it, keeping the buffer saves an im2col per step.
@@ -321,6 +321,59 @@ class Conv2d(Module):
             return 0
         return max(1, min(N, BLOCK_BYTES // per_image))
 
+    # -- the direct CPU path (few inputs per output) ---------------------------------------------------
+    def _direct(self, xp, x, W2d):
+        """Whether this layer runs the direct AVX-512 convolution (csrc/sgemm.h) instead of im2col + GEMM:
+        on the CPU in float32 with the own GEMM chosen (`minissd.nn.threads.set_gemm`), a 3x3 kernel on
+        at most 3 input channels (the image's first layer), stride 1, no dilation. There im2col writes
+        27 values per output pixel for GEMMs with K = 27 (forward) or N = 27 (dW). Forward and dW/db
+        (`_backward_direct`); dL/dx, when wanted, by a GEMM and col2im."""
+        return (xp is np and x.dtype == np.float32 and self.kernel_size == (3, 3) and self.in_channels <= 3
+                and W2d.shape[1] == 9 * self.in_channels and self.stride == (1, 1) and self.dilation == (1, 1)
+                and get_gemm() == "avx512" and c_jobs() is not None)
+
+    def _forward_direct(self, x, W2d, bias, shape):
+        """y (N, F, OH, OW) by `pool_direct_conv_forward`, images split across the threads."""
+        y = np.empty(shape, dtype=x.dtype)
+        W = np.ascontiguousarray(W2d).reshape(shape[1], *self.params["W"].shape[1:])
+        b = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        c_jobs().pool_direct_conv_forward(x, W, b, y, *self.padding, split(shape[0]))
+        return y
+
+    def _dx_by_gemm(self, dy, W2d, dx):
+        """dL/dx alone, chunk by chunk: dcol = W2d.T @ dy (rows first), then col2im into ``dx``."""
+        N, C, H, Wd = dx.shape
+        F, R = W2d.shape
+        P = dy.shape[2]
+        step = self._chunk(N, R, P, dx.itemsize)
+        for n0 in range(0, N, step):
+            m = min(N, n0 + step) - n0
+            dyt = self.workspace.get(np, "y", (F, m, P), dx.dtype)
+            _copy_images(dyt.transpose(1, 0, 2), dy[n0:n0 + m], m, F * P)
+            col = self.workspace.get(np, "col", (R, m, P), dx.dtype)
+            _gemm(W2d.T, dyt.reshape(F, m * P), col.reshape(R, m * P))
+            col2im(col, (m, C, H, Wd), *self._conv_args(), out=dx[n0:n0 + m], rows_first=True)
+
+    def _backward_direct(self, dy):
+        """dW and db of a direct-path layer by `pool_direct_conv_dw` (dL/dx, when wanted, by
+        `_dx_by_gemm`): one part per image, added in image order (the same bits whatever the threads,
+        and whether or not dL/dx is computed)."""
+        x = self._x
+        N, F = dy.shape[:2]
+        if N == 0:                                       # an empty batch adds nothing
+            return
+        dW_parts = np.empty((N, F, self.params["W"][0].size), np.float32)
+        db_parts = np.empty((N, F), np.float32)
+        c_jobs().pool_direct_conv_dw(x, *self.kernel_size, np.ascontiguousarray(dy), dW_parts, db_parts,
+                                     *self.padding, split(N))
+        dW, db = dW_parts[0], db_parts[0]
+        for n in range(1, N):
+            dW = dW + dW_parts[n]
+            db = db + db_parts[n]
+        self.grads["W"].reshape(F, -1)[...] += dW
+        if "b" in self.params:
+            self.grads["b"] += db
+
     def _scratch(self, name, shape, dtype):
         """This thread's scratch buffer ``name`` (one per pool thread, from the shared workspace)."""
         return self.workspace.get(np, f"{name}/{threading.get_ident()}", shape, dtype)
@@ -479,6 +532,8 @@ class Conv2d(Module):
         self._x = x
         self._out_hw = (OH, OW)
         self._col_valid = False
+        if self._direct(xp, x, W2d):
+            return self._forward_direct(x, W2d, bias, (N, F, OH, OW))
         m = self._blocked(xp, N, R, P, x.itemsize, F)
         if m:
             self._forward_blocks(x, W2d, b, y, m)
@@ -529,6 +584,12 @@ class Conv2d(Module):
         dxs = [xp.empty_like(x) if c.input_grad else None for c in layers]
         if sum_dx:
             dxs = dxs[:1]
+        if len(layers) == 1 and self._direct(xp, x, W2ds[0]):
+            self._backward_direct(dys[0].reshape(N, Ft, OH, OW))
+            if dxs[0] is not None:
+                self._dx_by_gemm(dys[0], W2ds[0], dxs[0])
+            self._x = None
+            return dxs
         m = self._blocked(xp, N, R, P, x.itemsize, Ft)
         W_all = xp.concatenate(W2ds) if len(W2ds) > 1 else W2ds[0]    # every layer's weights, stacked
         if m:
