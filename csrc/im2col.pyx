@@ -1060,16 +1060,12 @@ def pool_direct_conv_forward(const float[:, :, :, ::1] x, const float[:, :, :, :
     """y (N, F, OH, OW) = the stride-1 convolution of x (N, C, H, W) by W (F, C, KH, KW), padded by
     (PH, PW), plus ``bias`` ((F,) float32 or None), by the direct AVX-512 kernel of csrc/sgemm.h for
     3x3 kernels on at most 3 channels; image ranges from ``bounds``. RuntimeError where it cannot run."""
-    cdef Job jobs[MAXJOBS]
-    cdef int n = _fill(bounds), t
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], Wd = x.shape[3]
     cdef Py_ssize_t F = W.shape[0], KH = W.shape[2], KW = W.shape[3]
     cdef Py_ssize_t OH = H + 2 * PH - KH + 1, OW = Wd + 2 * PW - KW + 1
-    if not own_sgemm_supported():
-        raise RuntimeError("the direct convolution needs a CPU with AVX-512F")
-    if W.shape[1] != C or (KH, KW) != (3, 3) or C > 3 or PH < 0 or PW < 0:
-        raise ValueError(f"pool_direct_conv_forward: weights {(W.shape[0], W.shape[1], KH, KW)} on {C} channels "
-                         f"(a 3x3 kernel on at most 3 channels)")
+    if W.shape[1] != C:
+        raise ValueError(f"pool_direct_conv_forward: weights {(W.shape[0], W.shape[1], KH, KW)} on {C} channels")
+    _check_direct("pool_direct_conv_forward", C, KH, KW, PH, PW)
     if (y.shape[0], y.shape[1], y.shape[2], y.shape[3]) != (N, F, OH, OW):
         raise ValueError(f"pool_direct_conv_forward: y must be {(N, F, OH, OW)}, got "
                          f"{(y.shape[0], y.shape[1], y.shape[2], y.shape[3])}")
@@ -1077,19 +1073,8 @@ def pool_direct_conv_forward(const float[:, :, :, ::1] x, const float[:, :, :, :
         raise ValueError("pool_direct_conv_forward: bias must be a contiguous float32 (F,) array or None")
     if N == 0 or F == 0 or OH <= 0 or OW <= 0:
         return
-    for t in range(n):
-        jobs[t].kind = JOB_DIRECT_FWD
-        jobs[t].f64 = False
-        jobs[t].start, jobs[t].stop = bounds[t], bounds[t + 1]
-        jobs[t].g[1], jobs[t].g[2], jobs[t].g[3], jobs[t].g[4], jobs[t].g[5] = C, H, Wd, KH, KW
-        jobs[t].g[8], jobs[t].g[9] = PH, PW
-        jobs[t].h[1], jobs[t].h[2], jobs[t].h[3] = F, OH, OW
-        jobs[t].p[0] = <void*>&x[0, 0, 0, 0]
-        jobs[t].p[1] = <void*>&W[0, 0, 0, 0]
-        jobs[t].p[2] = <void*>&y[0, 0, 0, 0]
-        jobs[t].bias = <const void*>_addr(bias)
-    with nogil:
-        _run_region(jobs, n)
+    _direct_region(JOB_DIRECT_FWD, &x[0, 0, 0, 0], C, H, Wd, PH, PW, F, OH, OW, &W[0, 0, 0, 0], &y[0, 0, 0, 0],
+                   NULL, NULL, <const void*>_addr(bias), bounds)
 
 
 def pool_direct_conv_dw(const float[:, :, :, ::1] x, Py_ssize_t KH, Py_ssize_t KW, const float[:, :, :, ::1] dy,
@@ -1098,15 +1083,9 @@ def pool_direct_conv_dw(const float[:, :, :, ::1] x, Py_ssize_t KH, Py_ssize_t K
     """The weight gradient of `pool_direct_conv_forward`: dW_parts[n] (F, C*KH*KW) and db_parts[n] (F,)
     of each image n of x (N, C, H, W) for dy (N, F, OH, OW), 3x3 kernels on at most 3 channels, image
     ranges from ``bounds``."""
-    cdef Job jobs[MAXJOBS]
-    cdef int n = _fill(bounds), t
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], Wd = x.shape[3], F = dy.shape[1]
     cdef Py_ssize_t OH = H + 2 * PH - KH + 1, OW = Wd + 2 * PW - KW + 1
-    if not own_sgemm_supported():
-        raise RuntimeError("the direct convolution needs a CPU with AVX-512F")
-    if (KH, KW) != (3, 3) or C > 3 or PH < 0 or PW < 0:
-        raise ValueError(f"pool_direct_conv_dw: a {KH}x{KW} kernel on {C} channels (a 3x3 kernel on at most 3 "
-                         f"channels)")
+    _check_direct("pool_direct_conv_dw", C, KH, KW, PH, PW)
     if (dy.shape[0], dy.shape[2], dy.shape[3]) != (N, OH, OW):
         raise ValueError(f"pool_direct_conv_dw: dy must be {(N, F, OH, OW)}, got "
                          f"{(dy.shape[0], dy.shape[1], dy.shape[2], dy.shape[3])}")
@@ -1115,16 +1094,40 @@ def pool_direct_conv_dw(const float[:, :, :, ::1] x, Py_ssize_t KH, Py_ssize_t K
         raise ValueError("pool_direct_conv_dw: dW_parts must be (N, F, C*KH*KW) and db_parts (N, F)")
     if N == 0 or F == 0:
         return
+    _direct_region(JOB_DIRECT_DW, &x[0, 0, 0, 0], C, H, Wd, PH, PW, F, OH, OW, NULL, &dy[0, 0, 0, 0],
+                   &dW_parts[0, 0, 0], &db_parts[0, 0], NULL, bounds)
+
+
+cdef int _check_direct(str name, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t PH,
+                       Py_ssize_t PW) except -1:
+    """What both direct kernels need: an AVX-512F CPU, a 3x3 kernel on at most 3 channels, padding >= 0."""
+    if not own_sgemm_supported():
+        raise RuntimeError("the direct convolution needs a CPU with AVX-512F")
+    if (KH, KW) != (3, 3) or C > 3 or PH < 0 or PW < 0:
+        raise ValueError(f"{name}: a {KH}x{KW} kernel on {C} channels, padding {(PH, PW)} (a 3x3 kernel on at "
+                         f"most 3 channels)")
+    return 0
+
+
+cdef int _direct_region(int kind, const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t Wd, Py_ssize_t PH,
+                        Py_ssize_t PW, Py_ssize_t F, Py_ssize_t OH, Py_ssize_t OW, const float* w, const float* y,
+                        float* dW_parts, float* db_parts, const void* bias, list bounds) except -1:
+    """One job of ``kind`` (JOB_DIRECT_FWD: w -> y; JOB_DIRECT_DW: y is dy -> the parts) per image range."""
+    cdef Job jobs[MAXJOBS]
+    cdef int n = _fill(bounds), t
     for t in range(n):
-        jobs[t].kind = JOB_DIRECT_DW
+        jobs[t].kind = kind
         jobs[t].f64 = False
         jobs[t].start, jobs[t].stop = bounds[t], bounds[t + 1]
-        jobs[t].g[1], jobs[t].g[2], jobs[t].g[3], jobs[t].g[4], jobs[t].g[5] = C, H, Wd, KH, KW
+        jobs[t].g[1], jobs[t].g[2], jobs[t].g[3], jobs[t].g[4], jobs[t].g[5] = C, H, Wd, 3, 3
         jobs[t].g[8], jobs[t].g[9] = PH, PW
         jobs[t].h[1], jobs[t].h[2], jobs[t].h[3] = F, OH, OW
-        jobs[t].p[0] = <void*>&x[0, 0, 0, 0]
-        jobs[t].p[2] = <void*>&dy[0, 0, 0, 0]
-        jobs[t].p[6] = <void*>&dW_parts[0, 0, 0]
-        jobs[t].p[7] = <void*>&db_parts[0, 0]
+        jobs[t].p[0] = <void*>x
+        jobs[t].p[1] = <void*>w
+        jobs[t].p[2] = <void*>y
+        jobs[t].p[6] = <void*>dW_parts
+        jobs[t].p[7] = <void*>db_parts
+        jobs[t].bias = bias
     with nogil:
         _run_region(jobs, n)
+    return 0

@@ -18,23 +18,15 @@ from .threads import cpu_kernels, get_gemm
 def matmul(A, B, out=None):
     """``out = A @ B`` for 2-D NumPy arrays: by the own GEMM for float32 where `get_gemm` says
     "avx512" and the layouts allow (row-major, or a ``.T`` view of row-major, operands; a row-major
-    ``out``), else by ``numpy.matmul``. Returns ``out``."""
+    ``out``: the kernel's own check, which refuses other layouts with a ValueError), else by
+    ``numpy.matmul``. Returns ``out``."""
     if out is None:
         out = np.empty((A.shape[0], B.shape[1]), dtype=np.result_type(A, B))
-    if (A.dtype == B.dtype == out.dtype == np.float32 and A.ndim == B.ndim == 2
-            and get_gemm() == "avx512" and _blas_layout(A) and _blas_layout(B) and _blas_layout(out, False)):
-        cpu_kernels().own_sgemm(A, B, out)
-        return out
+    if A.dtype == B.dtype == out.dtype == np.float32 and A.ndim == B.ndim == 2 and get_gemm() == "avx512":
+        try:
+            cpu_kernels().own_sgemm(A, B, out)
+            return out
+        except ValueError:                   # a layout the kernel does not take (or bad shapes: numpy says)
+            pass
     np.matmul(A, B, out=out)
     return out
-
-
-def _blas_layout(a, transposed_ok=True) -> bool:
-    """Row-major with unit stride along rows (or, when ``transposed_ok``, the transpose of such)."""
-    s0, s1 = a.strides
-    isz = a.itemsize
-    if a.size == 0:                         # numpy may give an empty view any strides; nothing is read
-        return True
-    if s1 == isz and s0 % isz == 0 and s0 >= max(a.shape[1], 1) * isz:
-        return True
-    return transposed_ok and s0 == isz and s1 % isz == 0 and s1 >= max(a.shape[0], 1) * isz

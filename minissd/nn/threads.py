@@ -182,12 +182,7 @@ def fork_join():
     k = cpu_kernels()
     if len(_FORK_JOIN["threads"]) == n - 1:
         return k
-    if _FORK_JOIN["blas"] is None:
-        _FORK_JOIN["blas"] = _blas_gemm_entry_points()
-        if _FORK_JOIN["blas"]:
-            blas = _FORK_JOIN["blas"]
-            k.pool_setup(blas[0], blas[1], blas[2], SPIN_SECONDS)
-    if not _FORK_JOIN["blas"]:
+    if not _blas_ready(k):
         return None
     import threading
 
@@ -211,12 +206,18 @@ def c_jobs():
     if k is not None or not _FORK_JOIN["enabled"]:
         return k
     k = cpu_kernels()
+    return k if _blas_ready(k) else None
+
+
+def _blas_ready(k) -> bool:
+    """Look numpy's BLAS entry points up once and hand them to the pool of kernels ``k``; False when
+    they are not found."""
     if _FORK_JOIN["blas"] is None:
         _FORK_JOIN["blas"] = _blas_gemm_entry_points()
         if _FORK_JOIN["blas"]:
             blas = _FORK_JOIN["blas"]
             k.pool_setup(blas[0], blas[1], blas[2], SPIN_SECONDS)
-    return k if _FORK_JOIN["blas"] else None
+    return bool(_FORK_JOIN["blas"])
 
 
 def set_gemm(kind: str = "auto") -> str:
